@@ -1,0 +1,1 @@
+"""Official HART checkpoint folders <-> hart_jax variables, both directions."""

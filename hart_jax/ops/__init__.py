@@ -1,0 +1,1 @@
+"""Small numerical building blocks shared by the tokenizer and the sampler."""
