@@ -13,9 +13,9 @@ Padded codebook rows get |e|^2 = +inf, so their distance is +inf and they can
 never win; this replaces an in-kernel mask against the true V.
 
 The quantized rows are gathered after the kernel with a plain jnp gather:
-that is N * D reads, negligible next to the distance work, and XLA's gather
-is already optimal; doing it in-kernel would need per-row DMAs on TPU or a
-one-hot matmul that doubles the FLOPs.
+that is N * D reads, negligible next to the distance work, and it keeps the
+kernels identical on both backends; in-kernel it would need per-row DMAs on
+TPU or a one-hot matmul that doubles the FLOPs.
 """
 
 import dataclasses
@@ -45,6 +45,9 @@ class VQLookupConfig:
 TPU_DEFAULT_CONFIG = VQLookupConfig(block_n=256, block_v=1024)
 # GPU: the distance tile lives in registers; 64 x 128 f32 over 4 warps is 64
 # registers per thread, which leaves room for the operands without spilling.
+# Measured on one H100 (jax 0.11.2) at N = 32768 and 75608, V = 4096, D = 32:
+# fastest of {32, 64, 128} x {64, 128} with 4 or 8 warps; num_stages and
+# jnp.argmin instead of the explicit first-min made no gain.
 GPU_DEFAULT_CONFIG = VQLookupConfig(block_n=64, block_v=128)
 _GPU_NUM_WARPS = 4
 # tl.dot needs every matmul dimension to be at least 16.
@@ -286,35 +289,20 @@ def _run_variant(indices_fn, default_config, z, codebook, config, interpret):
   return _lookup_with_grad(fn, z, codebook)
 
 
+# Both take z [N, D], codebook [V, D], config (None = backend default) and
+# interpret (None = only on CPU); both return (indices int32 [N], quantized
+# [N, D] in the codebook's dtype), exactly like vq_lookup_reference.
+
+
 @functools.partial(jax.jit, static_argnames=("config", "interpret"))
 def vq_lookup_pallas_tpu(z, codebook, config=None, interpret=None):
-  """Mosaic TPU kernel. Same contract as reference.vq_lookup_reference.
-
-  Args:
-    z: [N, D] float array.
-    codebook: [V, D] float array.
-    config: VQLookupConfig; None means TPU_DEFAULT_CONFIG.
-    interpret: run in TPU interpret mode; None means only on CPU.
-
-  Returns:
-    (indices int32 [N], quantized [N, D] in codebook's dtype).
-  """
+  """Nearest-codeword lookup with the Mosaic TPU kernel."""
   return _run_variant(_tpu_indices, TPU_DEFAULT_CONFIG, z, codebook, config,
                       interpret)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "interpret"))
 def vq_lookup_pallas_gpu(z, codebook, config=None, interpret=None):
-  """Triton GPU kernel. Same contract as reference.vq_lookup_reference.
-
-  Args:
-    z: [N, D] float array.
-    codebook: [V, D] float array.
-    config: VQLookupConfig; None means GPU_DEFAULT_CONFIG.
-    interpret: run in the Pallas interpreter; None means only on CPU.
-
-  Returns:
-    (indices int32 [N], quantized [N, D] in codebook's dtype).
-  """
+  """Nearest-codeword lookup with the Triton GPU kernel."""
   return _run_variant(_gpu_indices, GPU_DEFAULT_CONFIG, z, codebook, config,
                       interpret)

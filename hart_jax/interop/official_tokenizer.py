@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hart_jax import atomic_io
 from hart_jax.interop import naming
 from hart_jax.interop import state_dict_io
 from hart_jax.interop.state_dict_io import CheckpointError
@@ -54,21 +55,28 @@ def _key(config: TokenizerConfig, part: str, collection: str,
 
 def init_variables(config: TokenizerConfig, rng: jax.Array) -> dict[str, Any]:
   """Randomly initialised tokenizer + discriminator variables."""
-  return _init_jit(config, rng)
+  rng_vae, rng_disc = jax.random.split(rng)
+  return {"vae": _init_vae(config, rng_vae), "disc": _init_disc(rng_disc)}
+
+
+def _init_images(config: TokenizerConfig) -> jax.Array:
+  # Weights do not depend on the image size: initialise on the smallest
+  # image both networks accept (the discriminator needs 32px to keep a
+  # non-empty map after its stride-2 convs), not a full-resolution one.
+  side = max(config.downsample, 32)
+  return jnp.zeros((1, side, side, config.in_channels), jnp.float32)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _init_jit(config: TokenizerConfig, rng: jax.Array) -> dict[str, Any]:
-  rng_vae, rng_disc = jax.random.split(rng)
-  # Weights do not depend on the image size: initialise on the smallest
-  # image the networks accept (the discriminator needs 32px to keep a
-  # non-empty map after its three stride-2 convs).
-  side = max(config.downsample, 32)
-  images = jnp.zeros((1, side, side, config.in_channels), jnp.float32)
-  vae = HybridTokenizer(config).init(rng_vae, images,
-                                     method=HybridTokenizer.init_all)
-  disc = PatchDiscriminator().init(rng_disc, images)
-  return {"vae": flax.core.unfreeze(vae), "disc": flax.core.unfreeze(disc)}
+def _init_vae(config: TokenizerConfig, rng: jax.Array) -> dict[str, Any]:
+  return flax.core.unfreeze(HybridTokenizer(config).init(
+      rng, _init_images(config), method=HybridTokenizer.init_all))
+
+
+@jax.jit
+def _init_disc(rng: jax.Array) -> dict[str, Any]:
+  images = jnp.zeros((1, 32, 32, 3), jnp.float32)
+  return flax.core.unfreeze(PatchDiscriminator().init(rng, images))
 
 
 def abstract_variables(config: TokenizerConfig) -> dict[str, Any]:
@@ -115,8 +123,8 @@ def import_state_dict(config: TokenizerConfig, state: dict[str, np.ndarray],
   if not has_disc:
     logging.warning("no disc.* tensors in the checkpoint: the "
                     "discriminator is randomly initialised")
-    fresh = init_variables(config, rng if rng is not None
-                           else jax.random.key(0))
+    fresh = {"disc": _init_disc(rng if rng is not None
+                                else jax.random.key(0))}
   result = {"vae": {}, "disc": {}}
   missing, bad_shape = [], []
   for key, part, path, spec in _flat_entries(config, abstract):
@@ -188,9 +196,9 @@ def save_tokenizer(folder: str, config: TokenizerConfig, variables,
                      f"{weights_format!r}")
   stale = [n for n in WEIGHT_FILES if n != name
            and os.path.exists(os.path.join(folder, n))]
-  state_dict_io.atomic_write_folder(folder, {
+  atomic_io.atomic_write_folder(folder, {
       name: lambda p: write(p, state),
-      "config.json": lambda p: state_dict_io.atomic_write_json(
+      "config.json": lambda p: atomic_io.atomic_write_json(
           p, config_to_official(config)),
   })
   # The official loader prefers safetensors; a leftover file of the other

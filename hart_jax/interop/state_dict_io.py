@@ -7,16 +7,15 @@ Writes are atomic: a reader never sees a half-written file, and a failed
 write leaves what was there before.
 """
 
-import contextlib
 import json
 import os
-import shutil
 import struct
-import tempfile
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import ml_dtypes
 import numpy as np
+
+from hart_jax.atomic_io import atomic_path, atomic_write_bytes
 
 _SAFETENSORS_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16,
@@ -107,7 +106,9 @@ def _safetensors_bytes(tensors: Mapping[str, np.ndarray],
   if metadata:
     header["__metadata__"] = dict(metadata)
   for name in sorted(tensors):
-    arr = np.ascontiguousarray(tensors[name])
+    arr = np.asarray(tensors[name])
+    # ascontiguousarray would turn a 0-d buffer (num_batches_tracked) 1-d.
+    arr = np.ascontiguousarray(arr).reshape(arr.shape)
     if arr.dtype not in _NUMPY_TO_SAFETENSORS:
       raise CheckpointError(f"cannot store {name!r} of dtype {arr.dtype}")
     buf = arr.tobytes()
@@ -129,57 +130,7 @@ def write_safetensors(path: str, tensors: Mapping[str, np.ndarray]) -> None:
 def write_torch_bin(path: str, tensors: Mapping[str, np.ndarray]) -> None:
   """torch.save of the state dict (what `ema_model.bin` readers expect)."""
   import torch  # pylint: disable=g-import-not-at-top
-  state = {k: torch.from_numpy(np.ascontiguousarray(v))
+  state = {k: torch.from_numpy(np.array(v, copy=True))
            for k, v in tensors.items()}
-  with _atomic_path(path) as tmp:
+  with atomic_path(path) as tmp:
     torch.save(state, tmp)
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-  with _atomic_path(path) as tmp:
-    with open(tmp, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-
-
-def atomic_write_json(path: str, obj) -> None:
-  atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n"
-                            ).encode())
-
-
-@contextlib.contextmanager
-def _atomic_path(path: str) -> Iterator[str]:
-  """Yields a temp path beside `path`; renames it over `path` on success."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-  os.close(fd)
-  try:
-    yield tmp
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
-def atomic_write_folder(path: str, writers) -> None:
-  """Writes a folder of files so that it is never seen half-written.
-
-  `writers` maps file name -> function(full_path). Everything goes into a
-  temp folder first; only when all files are complete are they moved in
-  (one rename per file, weights before config.json so a reader that keys
-  on config.json never meets stale weights).
-  """
-  parent = os.path.dirname(os.path.abspath(path))
-  os.makedirs(parent, exist_ok=True)
-  tmp_dir = tempfile.mkdtemp(prefix=".tmp-export-", dir=parent)
-  try:
-    for name, write in writers.items():
-      write(os.path.join(tmp_dir, name))
-    os.makedirs(path, exist_ok=True)
-    names = sorted(writers, key=lambda n: n == "config.json")
-    for name in names:
-      os.replace(os.path.join(tmp_dir, name), os.path.join(path, name))
-  finally:
-    shutil.rmtree(tmp_dir, ignore_errors=True)

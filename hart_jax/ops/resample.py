@@ -104,10 +104,13 @@ def _check_sizes(n_in: int, n_out: int) -> None:
     raise ValueError(f"resize sizes must be positive, got {n_in} -> {n_out}")
 
 
-def _apply_separable(x: jax.Array, mat_h: np.ndarray,
-                     mat_w: np.ndarray) -> jax.Array:
+def _check_nhwc(x: jax.Array) -> None:
   if x.ndim != 4:
     raise ValueError(f"expected an NHWC array, got shape {x.shape}")
+
+
+def _apply_separable(x: jax.Array, mat_h: np.ndarray,
+                     mat_w: np.ndarray) -> jax.Array:
   # HIGHEST precision: on TPU the default matmul precision is bf16, which
   # would break parity with torch's fp32 interpolation.
   out = jnp.einsum("oh,bhwc->bowc", jnp.asarray(mat_h, x.dtype), x,
@@ -118,6 +121,7 @@ def _apply_separable(x: jax.Array, mat_h: np.ndarray,
 
 def area_resize(x: jax.Array, size: tuple[int, int] | int) -> jax.Array:
   """torch `F.interpolate(x, size, mode="area")` for an NHWC array."""
+  _check_nhwc(x)
   h_out, w_out = (size, size) if isinstance(size, int) else size
   _, h_in, w_in, _ = x.shape
   if (h_in, w_in) == (h_out, w_out):
@@ -127,6 +131,7 @@ def area_resize(x: jax.Array, size: tuple[int, int] | int) -> jax.Array:
 
 def bicubic_resize(x: jax.Array, size: tuple[int, int] | int) -> jax.Array:
   """torch `F.interpolate(x, size, mode="bicubic")` for an NHWC array."""
+  _check_nhwc(x)
   h_out, w_out = (size, size) if isinstance(size, int) else size
   _, h_in, w_in, _ = x.shape
   if (h_in, w_in) == (h_out, w_out):

@@ -1,0 +1,25 @@
+"""Comparison helpers shared by the tests."""
+
+import numpy as np
+
+
+def assert_close_scaled(got, ref, rtol=1e-4, name=""):
+  """|got - ref| <= rtol * max|ref| elementwise (golden README's rule).
+
+  A plain elementwise relative test fails near zero; scaling by the array's
+  magnitude is how the golden vectors are meant to be compared.
+  """
+  got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+  assert got.shape == ref.shape, f"{name}: shape {got.shape} != {ref.shape}"
+  scale = np.abs(ref).max()
+  err = np.abs(got - ref).max()
+  assert err <= rtol * scale, (
+      f"{name}: max abs error {err:.3g} > {rtol} * {scale:.3g}")
+
+
+def nchw(x):
+  return np.transpose(np.asarray(x), (0, 3, 1, 2))
+
+
+def nhwc(x):
+  return np.transpose(np.asarray(x), (0, 2, 3, 1))

@@ -1,0 +1,1 @@
+"""Tests of the pallas_kernels package."""
