@@ -67,3 +67,16 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def save_png(path: str, rgb: np.ndarray) -> None:
   with atomic_path(path) as tmp:
     Image.fromarray(rgb).save(tmp, format="PNG")
+
+
+def side_by_side(paths: list[str], gap: int = 4) -> Image.Image:
+  """Images in a row (same height), for notebooks and sample grids."""
+  images = [Image.fromarray(load_rgb(p)) for p in paths]
+  height = max(im.height for im in images)
+  width = sum(im.width for im in images) + gap * (len(images) - 1)
+  canvas = Image.new("RGB", (width, height), "white")
+  x = 0
+  for im in images:
+    canvas.paste(im, (x, 0))
+    x += im.width + gap
+  return canvas

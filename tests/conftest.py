@@ -12,9 +12,15 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pathlib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
-
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# One persistent XLA cache for the test process and the CLI subprocesses it
+# starts: the same init/forward programs then compile once per run (and not
+# at all on a second run), which is most of this suite's CPU time.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      str(REPO / ".cache" / "jax_tests"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _golden_dir() -> pathlib.Path:

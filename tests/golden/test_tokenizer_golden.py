@@ -160,3 +160,14 @@ def test_export_matches_official_key_set_and_values(golden):
   assert set(stored) == {k for k, i in keys.items() if i["saved"]}
   for k, v in stored.items():
     np.testing.assert_array_equal(state[k], v, err_msg=k)
+
+
+def test_second_golden_tokenizer_round_trips(golden_dir):
+  """transformer_tiny's tokenizer (ch_mult (1,1,1), V 1024) exports exactly."""
+  folder = golden_dir / "transformer_tiny" / "tokenizer"
+  config, variables = official_tokenizer.load_tokenizer(str(folder))
+  assert config.vocab_size == 1024 and config.v_patch_nums == (1, 2, 3, 4)
+  keys = json.loads((folder / "state_dict_keys.json").read_text())
+  state = official_tokenizer.export_state_dict(config, variables)
+  assert {k: list(v.shape) for k, v in state.items()} == {
+      k: i["shape"] for k, i in keys.items()}

@@ -98,6 +98,16 @@ class TokenizerConfig:
     return self.replace(v_patch_nums=schedules[image_size])
 
 
+def from_config_dict(cfg) -> TokenizerConfig:
+  """TokenizerConfig from a (ml_collections) mapping; unknown keys raise."""
+  cfg = dict(cfg)
+  known = {f.name for f in dataclasses.fields(TokenizerConfig)}
+  unknown = set(cfg) - known
+  if unknown:
+    raise ValueError(f"unknown tokenizer config key(s): {sorted(unknown)}")
+  return TokenizerConfig(**cfg)
+
+
 # Fields of the official HARTAutoEncoderConfig, in its order.
 _OFFICIAL_FIELDS = (
     "vocab_size", "z_channels", "ch", "dropout", "beta", "using_znorm",

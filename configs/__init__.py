@@ -1,0 +1,1 @@
+"""Python configs: each module's get_config(arg) returns a ConfigDict."""
