@@ -18,6 +18,8 @@ _SEGMENT_RULES = (
     (re.compile(r"^main_(\d+)$"), r"main.\1"),
     (re.compile(r"^res_blocks_(\d+)$"), r"res_blocks.\1"),
     (re.compile(r"^blocks_(\d+)$"), r"blocks.\1"),
+    # nn.Sequential children in the transformer and the diffusion head.
+    (re.compile(r"^(mlp|adaLN_modulation|ada_lin)_(\d+)$"), r"\1.\2"),
 )
 
 # Leaf renames: flax -> torch.

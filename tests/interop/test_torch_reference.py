@@ -224,7 +224,8 @@ def test_hart_jax_matches_reference(jax_variables, init):
 
 @pytest.mark.parametrize("changes", [
     dict(share_quant_resi=0), dict(share_quant_resi=1),
-    dict(double_decoder=True), dict(quant_resi=0.0)])
+    dict(double_decoder=True), dict(quant_resi=0.0)],
+    ids=["phi_per_scale", "one_phi", "double_decoder", "no_phi"])
 def test_hart_jax_key_set_variants(changes):
   # Shapes only (no weights): cheap, and covers the other phi layouts.
   config = CONFIG.replace(**changes)

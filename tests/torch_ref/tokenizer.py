@@ -82,7 +82,7 @@ class HARTTokenizerRef(nn.Module):
     super().__init__()
     cfg = dict(_DEFAULTS)
     cfg.update({k: v for k, v in config_dict.items() if k in _DEFAULTS})
-    if cfg.get("quantizer_type", "var_hybrid") != "var_hybrid":
+    if config_dict.get("quantizer_type", "var_hybrid") != "var_hybrid":
       raise ValueError("only the hybrid quantizer is modelled")
     if cfg["using_znorm"]:
       raise ValueError("using_znorm (cosine lookup) is not modelled")
