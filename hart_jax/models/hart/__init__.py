@@ -1,0 +1,1 @@
+"""HART's scalable-resolution AR transformer (+ residual diffusion head)."""

@@ -1,0 +1,187 @@
+"""Hyperparameters of the HART transformer, and the official llm/config.json.
+
+Every switch of the official `HARTForT2IConfig` is a field (hart_spec.md
+2.1 and 4). The defaults are the class defaults of the official code, which
+do NOT match the release: use `released_0p7b()` (or configs/) for that.
+"""
+
+import dataclasses
+import json
+from typing import Any
+
+SCHEDULE_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+SCHEDULE_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
+SCHEDULE_1024 = (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64)
+
+
+@dataclasses.dataclass(frozen=True)
+class HartConfig:
+  """The transformer + diffusion head; fields named as in config.json."""
+  context_token: int = 77
+  context_dim: int = 768
+  depth: int = 16
+  embed_dim: int = 1024
+  num_heads: int = 16
+  mlp_ratio: float = 4.0
+  drop_rate: float = 0.0
+  attn_drop_rate: float = 0.0
+  drop_path_rate: float = 0.0
+  norm_eps: float = 1e-6
+  shared_aln: bool = False
+  cond_drop_rate: float = 0.1
+  attn_l2_norm: bool = False
+  patch_nums: tuple[int, ...] = SCHEDULE_256
+  mlp_type: str = "gpt2"
+  attn_type: str = "gpt2"
+  disable_aln: bool = False
+  use_timestep_embed: bool = False
+  sep_aln_pooling_mode: str = "max"
+  use_context_norm: bool = False
+  context_norm_scale: float = 1.0
+  diff_width: int = 1024
+  diff_depth: int = 6
+  num_sampling_steps: str = "8"
+  diffusion_batch_mul: int = 4
+  # Tokenizer facts the transformer needs (official: read from the VAE).
+  vocab_size: int = 4096
+  latent_channels: int = 32
+  # --- hart_jax-only fields --------------------------------------------
+  # Class-conditional variant (VAR style): num_classes > 0 replaces the text
+  # context with a one-token class embedding (index num_classes = null).
+  num_classes: int = 0
+  # "normal": the official quirk (drop if a N(0,1) draw < rate, P~0.54 at
+  # 0.1); "uniform": drop with probability rate, as VAR does.
+  cond_drop_mode: str = "normal"
+  # Diffusion target relative to a token drawn from the model's logits
+  # ("sampled", official) or to the ground-truth token ("ground_truth").
+  diffusion_target_index: str = "sampled"
+  residual_scale: float = 0.6
+  dtype: str = "float32"            # compute dtype; params stay float32
+  attention_implementation: str = "xla"
+  # Fields of the official file that change nothing here.
+  flash_if_available: bool = True
+  fused_if_available: bool = True
+  use_cross_attn: bool = False
+  sampler: str = "iddpm"
+  diffusion_head_repeats: int = 1
+  vae_path: Any = None
+
+  def __post_init__(self):
+    object.__setattr__(self, "patch_nums", tuple(self.patch_nums))
+    checks = [
+        (self.embed_dim % self.num_heads == 0,
+         f"embed_dim {self.embed_dim} is not divisible by num_heads "
+         f"{self.num_heads}"),
+        (self.head_dim % 4 == 0, f"head dim {self.head_dim} must be a "
+         "multiple of 4 (2-D RoPE)"),
+        (self.mlp_type in ("llama", "gpt2"), f"mlp_type {self.mlp_type!r}"),
+        (self.attn_type in ("llama", "gpt2"), f"attn_type {self.attn_type!r}"),
+        (self.sep_aln_pooling_mode in ("max", "avg"),
+         f"sep_aln_pooling_mode {self.sep_aln_pooling_mode!r}"),
+        (self.cond_drop_mode in ("normal", "uniform"),
+         f"cond_drop_mode {self.cond_drop_mode!r}"),
+        (self.diffusion_target_index in ("sampled", "ground_truth"),
+         f"diffusion_target_index {self.diffusion_target_index!r}"),
+        (not self.use_cross_attn, "use_cross_attn=True is not supported (the "
+         "official cross-attention is unused and needs xformers)"),
+        (list(self.patch_nums) == sorted(set(self.patch_nums))
+         and len(self.patch_nums) >= 2,
+         f"patch_nums must increase strictly, got {self.patch_nums}"),
+        (self.context_token >= 1, "context_token must be >= 1"),
+        (self.num_classes == 0 or self.context_token == 1,
+         "the class-conditional variant uses context_token=1"),
+    ]
+    for ok, message in checks:
+      if not ok:
+        raise ValueError(f"invalid HartConfig: {message}")
+
+  @property
+  def head_dim(self) -> int:
+    return self.embed_dim // self.num_heads
+
+  @property
+  def num_scales(self) -> int:
+    return len(self.patch_nums)
+
+  @property
+  def image_tokens(self) -> int:
+    """L: tokens over all scales, the 1x1 first one included."""
+    return sum(pn * pn for pn in self.patch_nums)
+
+  @property
+  def seq_len(self) -> int:
+    """S: the training sequence, context + all scales but the first."""
+    return self.context_token + self.image_tokens - 1
+
+  @property
+  def mlp_hidden(self) -> int:
+    if self.mlp_type == "llama":
+      return int((self.embed_dim * self.mlp_ratio * 2) / 3 + 255) // 256 * 256
+    return round(self.embed_dim * self.mlp_ratio)
+
+  def diffusion_head_config(self):
+    """The residual diffusion head's config (it conditions on width C)."""
+    from hart_jax.models.diffusion_head import DiffusionHeadConfig  # pylint: disable=g-import-not-at-top
+    return DiffusionHeadConfig(
+        in_channels=self.latent_channels, width=self.diff_width,
+        depth=self.diff_depth, cond_dim=self.embed_dim,
+        num_sampling_steps=str(self.num_sampling_steps),
+        vae_scale=self.residual_scale, batch_mul=self.diffusion_batch_mul)
+
+  def replace(self, **changes) -> "HartConfig":
+    return dataclasses.replace(self, **changes)
+
+
+def released_0p7b(**changes) -> HartConfig:
+  """hart-0.7b-1024px as inferred in hart_spec.md 2.1 (verify on download)."""
+  return HartConfig(
+      context_token=300, context_dim=1536, depth=24, embed_dim=1536,
+      num_heads=24, patch_nums=SCHEDULE_1024, mlp_type="llama",
+      attn_type="llama", disable_aln=True, use_timestep_embed=True,
+      use_context_norm=True, cond_drop_rate=0.1).replace(**changes)
+
+
+_OFFICIAL_FIELDS = (
+    "vae_path", "context_token", "context_dim", "depth", "embed_dim",
+    "num_heads", "mlp_ratio", "drop_rate", "attn_drop_rate", "drop_path_rate",
+    "norm_eps", "shared_aln", "cond_drop_rate", "attn_l2_norm", "patch_nums",
+    "flash_if_available", "fused_if_available", "mlp_type", "attn_type",
+    "disable_aln", "use_timestep_embed", "sep_aln_pooling_mode",
+    "use_cross_attn", "diff_width", "diff_depth", "num_sampling_steps",
+    "diffusion_batch_mul", "sampler", "diffusion_head_repeats",
+    "use_context_norm", "context_norm_scale")
+OFFICIAL_MODEL_TYPE = "hart_transformer_t2i"
+
+
+def config_from_official(raw: dict[str, Any], vocab_size: int = 4096,
+                         latent_channels: int = 32) -> HartConfig:
+  """HartConfig from an official llm/config.json dict (unknown keys raise)."""
+  # Imported here: the tokenizer module owns the list of generic HF fields.
+  from hart_jax.models.tokenizer.config import _HF_GENERIC_FIELDS  # pylint: disable=g-import-not-at-top
+  unknown = set(raw) - set(_OFFICIAL_FIELDS) - _HF_GENERIC_FIELDS
+  if unknown:
+    raise ValueError(f"unknown transformer config key(s): {sorted(unknown)}")
+  if raw.get("model_type", OFFICIAL_MODEL_TYPE) != OFFICIAL_MODEL_TYPE:
+    raise ValueError(f"config.json model_type {raw.get('model_type')!r} is "
+                     "not a HART text-to-image transformer")
+  kwargs = {k: raw[k] for k in _OFFICIAL_FIELDS if k in raw}
+  return HartConfig(vocab_size=vocab_size, latent_channels=latent_channels,
+                    **kwargs)
+
+
+def config_to_official(config: HartConfig) -> dict[str, Any]:
+  out = {k: getattr(config, k) for k in _OFFICIAL_FIELDS}
+  out["patch_nums"] = list(config.patch_nums)
+  out["model_type"] = OFFICIAL_MODEL_TYPE
+  out["architectures"] = ["HARTForT2I"]
+  out["transformers_version"] = "4.42.2"
+  return out
+
+
+def load_official_config(path: str, **tokenizer_facts) -> HartConfig:
+  try:
+    with open(path) as f:
+      raw = json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path} is not valid JSON: {e}") from e
+  return config_from_official(raw, **tokenizer_facts)
