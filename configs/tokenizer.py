@@ -10,12 +10,9 @@ r"""The hybrid tokenizer's shape.
 import ml_collections
 
 from configs import common
+from hart_jax import schedules
 
-_SCHEDULES = {
-    256: (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
-    512: (1, 2, 3, 4, 6, 9, 13, 18, 24, 32),
-    1024: (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64),
-}
+_SCHEDULES = schedules.BY_RESOLUTION
 _VARIANTS = {
     "official": dict(ch=160, ch_mult=(1, 1, 2, 2, 4)),
     "tiny": dict(ch=32, ch_mult=(1, 1, 1, 1, 2)),

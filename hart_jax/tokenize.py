@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hart_jax import image_io
+from hart_jax import schedules
 from hart_jax.interop import official_tokenizer
 from hart_jax.models.tokenizer import HybridTokenizer
 from hart_jax.models.tokenizer import config as tok_config
@@ -46,8 +47,7 @@ TINY = dict(ch=32, ch_mult=(1, 1, 1, 1, 2))
 def supported_sizes(config: tok_config.TokenizerConfig) -> tuple[int, ...]:
   """Image sides this tokenizer can encode: its own and the standard ones."""
   sizes = {config.image_size}
-  for schedule in (tok_config.SCHEDULE_256, tok_config.SCHEDULE_512,
-                   tok_config.SCHEDULE_1024):
+  for schedule in schedules.BY_RESOLUTION.values():
     sizes.add(schedule[-1] * config.downsample)
   return tuple(sorted(sizes))
 

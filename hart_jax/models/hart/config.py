@@ -9,9 +9,8 @@ import dataclasses
 import json
 from typing import Any
 
-SCHEDULE_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
-SCHEDULE_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
-SCHEDULE_1024 = (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64)
+from hart_jax.schedules import (SCHEDULE_1024, SCHEDULE_256,  # pylint: disable=unused-import
+                                SCHEDULE_512, dataclass_from_mapping)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +138,11 @@ def released_0p7b(**changes) -> HartConfig:
       num_heads=24, patch_nums=SCHEDULE_1024, mlp_type="llama",
       attn_type="llama", disable_aln=True, use_timestep_embed=True,
       use_context_norm=True, cond_drop_rate=0.1).replace(**changes)
+
+
+def from_config_dict(cfg) -> HartConfig:
+  """HartConfig from a (ml_collections) mapping; unknown keys raise."""
+  return dataclass_from_mapping(HartConfig, cfg, "transformer")
 
 
 _OFFICIAL_FIELDS = (

@@ -9,11 +9,9 @@ import dataclasses
 import json
 from typing import Any
 
-# Schedules of HART's scales (hart_spec.md 2.1): the last entry is the
-# latent's side, so image side = last * 2**(len(ch_mult) - 1).
-SCHEDULE_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
-SCHEDULE_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
-SCHEDULE_1024 = (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64)
+from hart_jax.schedules import (SCHEDULE_1024, SCHEDULE_256,  # pylint: disable=unused-import
+                                SCHEDULE_512, BY_RESOLUTION,
+                                dataclass_from_mapping)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +89,7 @@ class TokenizerConfig:
   def for_image_size(self, image_size: int) -> "TokenizerConfig":
     """This tokenizer with the standard schedule for another resolution."""
     schedules = {s[-1] * self.downsample: s
-                 for s in (SCHEDULE_256, SCHEDULE_512, SCHEDULE_1024)}
+                 for s in BY_RESOLUTION.values()}
     if image_size not in schedules:
       raise ValueError(f"no standard schedule for {image_size}px; supported: "
                        f"{sorted(schedules)}")
@@ -100,12 +98,7 @@ class TokenizerConfig:
 
 def from_config_dict(cfg) -> TokenizerConfig:
   """TokenizerConfig from a (ml_collections) mapping; unknown keys raise."""
-  cfg = dict(cfg)
-  known = {f.name for f in dataclasses.fields(TokenizerConfig)}
-  unknown = set(cfg) - known
-  if unknown:
-    raise ValueError(f"unknown tokenizer config key(s): {sorted(unknown)}")
-  return TokenizerConfig(**cfg)
+  return dataclass_from_mapping(TokenizerConfig, cfg, "tokenizer")
 
 
 # Fields of the official HARTAutoEncoderConfig, in its order.

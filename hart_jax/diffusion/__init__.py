@@ -1,0 +1,1 @@
+"""Diffusion processes of HART's residual head (pure numpy / JAX)."""
