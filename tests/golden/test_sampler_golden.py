@@ -39,7 +39,10 @@ def _run(golden_dir, name, run):
     overrides["diffusion_noise"] = [jnp.asarray(g[f"diff_noise_call{i}"])
                                     for i in range(9)]
   else:
-    overrides["diffusion_noise"] = [jnp.zeros((rows, 32))] * 9
+    # Same shapes as the recorded noise (B rows, then 2B per step), so the
+    # greedy and noise runs share one compiled sampler.
+    overrides["diffusion_noise"] = [jnp.zeros((rows * (1 + (i > 0)), 32))
+                                    for i in range(9)]
   out = _sampler(config, tok_config, smooth)(params, tok_vars["vae"], jnp.asarray(g["context"]),
            jnp.asarray(g["context_mask"]),
            jnp.asarray(g["context_position_ids"]), overrides)
