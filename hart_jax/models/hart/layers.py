@@ -139,8 +139,16 @@ class Attention(nn.Module):
           v_cache, v.astype(v_cache.dtype), cache_start, axis=2)
       cache = (k_cache, v_cache)
       end = cache_start + length
-      k, v = k_cache[:, :, :end], v_cache[:, :, :end]
-    out = attention(q, k, v, scale, levels, c.attention_implementation)
+      if c.attention_implementation != "xla":
+        import pallas_kernels  # pylint: disable=g-import-not-at-top
+        out = pallas_kernels.cached_attention(
+            q, k_cache, v_cache, jnp.int32(end), scale=scale,
+            implementation=c.attention_implementation)
+      else:
+        out = attention(q, k_cache[:, :, :end], v_cache[:, :, :end], scale,
+                        None, "xla")
+    else:
+      out = attention(q, k, v, scale, levels, c.attention_implementation)
     out = nn.Dropout(c.drop_rate)(
         dense(width, ("qkv", "embed"), "proj", self.dtype)(
             jnp.transpose(out, (0, 2, 1, 3)).reshape(b, length, width)),
@@ -155,12 +163,10 @@ def _l2_normalize(x: jax.Array) -> jax.Array:
 
 def attention(q, k, v, scale: float, levels, implementation: str):
   """softmax(q k^T * scale + mask) v in fp32 statistics; [B, H, S, hd]."""
-  if implementation != "xla":
+  if implementation != "xla" and levels is not None:
     import pallas_kernels  # pylint: disable=g-import-not-at-top
-    if levels is not None:
-      return pallas_kernels.block_causal_attention(
-          q, k, v, levels, levels, scale=scale,
-          implementation=implementation)
+    return pallas_kernels.block_causal_attention(
+        q, k, v, levels, levels, scale=scale, implementation=implementation)
   logits = jnp.einsum("bhqd,bhkd->bhqk", q, k,
                       preferred_element_type=jnp.float32) * scale
   if levels is not None:
