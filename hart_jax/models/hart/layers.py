@@ -167,6 +167,15 @@ def attention(q, k, v, scale: float, levels, implementation: str):
     import pallas_kernels  # pylint: disable=g-import-not-at-top
     return pallas_kernels.block_causal_attention(
         q, k, v, levels, levels, scale=scale, implementation=implementation)
+  b, h, lq, _ = q.shape
+  chunk = _query_chunk(b * h * k.shape[2], lq)
+  if levels is None and chunk < lq:
+    # Sampling's last scale at 1024px would otherwise materialise a
+    # [2B, H, 4096, 9750] f32 score matrix (57 GiB at B = 8): go through
+    # the queries in slices that keep it near 1 GiB.
+    return jnp.concatenate([attention(q[:, :, i:i + chunk], k, v, scale,
+                                      None, implementation)
+                            for i in range(0, lq, chunk)], axis=2)
   logits = jnp.einsum("bhqd,bhkd->bhqk", q, k,
                       preferred_element_type=jnp.float32) * scale
   if levels is not None:
@@ -174,6 +183,15 @@ def attention(q, k, v, scale: float, levels, implementation: str):
     logits = jnp.where(visible, logits, -jnp.inf)
   weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
   return jnp.einsum("bhqk,bhkd->bhqd", weights, v)
+
+
+def _query_chunk(rows_times_keys: int, lq: int,
+                 budget_bytes: int = 2 ** 30) -> int:
+  """Largest power-of-two query slice whose f32 scores fit the budget."""
+  chunk = lq
+  while chunk > 16 and chunk * rows_times_keys * 4 > budget_bytes:
+    chunk //= 2
+  return chunk
 
 
 class MLP(nn.Module):

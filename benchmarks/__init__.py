@@ -1,0 +1,1 @@
+"""Benchmarks for hart_jax (run as modules: python -m benchmarks.NAME)."""

@@ -1,0 +1,51 @@
+"""optax chain: warmup + cosine schedule, AdamW with a decay mask, clipping.
+
+Weight decay applies to matrices only: norms, biases, embedding tables,
+positional tables and AdaLN tables are excluded (VAR's and most LLM
+trainers' convention).
+"""
+
+import re
+
+import flax
+import jax
+import optax
+
+# Parameter paths (joined with '/') that never get weight decay, besides
+# every 1-D parameter (biases, norm scales).
+_NO_DECAY = re.compile(
+    r"(^|/)(embedding|lvl_embed|class_emb|pos_start|pos_1LC|"
+    r"scale_shift_table|scale_mul_1H11)$")
+
+
+def decay_mask(params):
+  """True where weight decay applies."""
+  flat = flax.traverse_util.flatten_dict(params)
+  return flax.traverse_util.unflatten_dict({
+      path: (getattr(value, "ndim", 0) >= 2
+             and not _NO_DECAY.search("/".join(path)))
+      for path, value in flat.items()})
+
+
+def learning_rate_schedule(config) -> optax.Schedule:
+  """Linear warmup to `lr`, then cosine decay to `lr * final_lr_ratio`."""
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=config.lr,
+      warmup_steps=max(int(config.warmup_steps), 1),
+      decay_steps=max(int(config.total_steps), int(config.warmup_steps) + 1),
+      end_value=config.lr * config.final_lr_ratio)
+
+
+def make_optimizer(config, params) -> optax.GradientTransformation:
+  """Clip by global norm, then AdamW (betas from config, masked decay)."""
+  del params  # the mask is a function of the params tree at init time
+  return optax.chain(
+      optax.clip_by_global_norm(config.clip_norm),
+      optax.adamw(learning_rate_schedule(config), b1=config.b1, b2=config.b2,
+                  eps=config.eps, weight_decay=config.weight_decay,
+                  mask=decay_mask))
+
+
+def ema_update(ema, params, decay: float):
+  """ema <- decay * ema + (1 - decay) * params (fp32)."""
+  return jax.tree.map(lambda e, p: e * decay + (1.0 - decay) * p, ema, params)

@@ -1,0 +1,88 @@
+"""Pieces both stages use: sharded state creation and the stage protocol."""
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from hart_jax import sharding
+from hart_jax.train_state import TrainState
+
+
+@dataclasses.dataclass
+class Stage:
+  """What the loop needs from a stage.
+
+  step: pure (state, batch, frozen) -> (state, metrics).
+  frozen: arrays the step reads but never changes (e.g. the tokenizer).
+  sample: host function (state, frozen, step, preview images) -> uint8
+    image grid, or None.
+  export: host function (state, folder) writing official weights, or None.
+  flops_per_example: analytic training FLOPs per example (for MFU); None
+    means: take them from the compiled step's cost analysis.
+  """
+  name: str
+  state: TrainState
+  step: Callable[..., Any]
+  frozen: Any
+  sample: Optional[Callable[..., np.ndarray]]
+  export: Optional[Callable[..., None]]
+  flops_per_example: Optional[float]
+  tokens_per_example: int
+
+
+def create_state(init_fn: Callable[[jax.Array], Any],
+                 tx: optax.GradientTransformation, mesh, rules,
+                 rng: jax.Array, extra=None) -> TrainState:
+  """Params are created already sharded: eval_shape -> specs -> jit(init).
+
+  `init_fn(rng)` returns (possibly logically boxed) params; a full copy of
+  the params never sits on one host.
+  """
+  init_rng, state_rng = jax.random.split(rng)
+  abstract = jax.eval_shape(init_fn, init_rng)
+  shardings = sharding.param_shardings(abstract, mesh, rules)
+  params = jax.jit(lambda r: flax.core.meta.unbox(init_fn(r)),
+                   out_shardings=shardings)(init_rng)
+  opt_state = jax.jit(tx.init)(params)
+  ema = jax.jit(lambda p: jax.tree.map(jnp.copy, p),
+                out_shardings=shardings)(params)
+  rep = sharding.replicated(mesh)
+  put = lambda x: jax.device_put(x, rep)
+  return TrainState(step=put(jnp.zeros((), jnp.int32)), params=params,
+                    opt_state=opt_state, ema_params=ema,
+                    rng=put(jax.random.key_data(state_rng)),
+                    nonfinite_streak=put(
+                        jnp.zeros((), jnp.int32)),
+                    nonfinite_total=put(jnp.zeros((), jnp.int32)),
+                    extra=extra)
+
+
+def image_grid(images: np.ndarray, cols: int) -> np.ndarray:
+  """[N, H, W, 3] floats in [0, 1] -> one uint8 grid with 2px gutters."""
+  n, h, w, _ = images.shape
+  rows = -(-n // cols)
+  grid = np.full((rows * (h + 2) + 2, cols * (w + 2) + 2, 3), 255, np.uint8)
+  for i, img in enumerate(np.clip(images, 0, 1)):
+    r, c = divmod(i, cols)
+    grid[2 + r * (h + 2):2 + r * (h + 2) + h,
+         2 + c * (w + 2):2 + c * (w + 2) + w] = np.round(img * 255)
+  return grid
+
+
+# Peak dense bf16 FLOP/s per chip, for MFU (device_kind substrings).
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12,
+              "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12,
+              "TPU v5p": 459e12, "TPU v6": 918e12}
+
+
+def peak_flops_per_device() -> Optional[float]:
+  kind = jax.devices()[0].device_kind
+  for key, value in PEAK_FLOPS.items():
+    if key.lower() in kind.lower():
+      return value
+  return None

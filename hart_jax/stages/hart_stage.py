@@ -1,0 +1,157 @@
+"""The HART stage: transformer + diffusion head on a frozen tokenizer.
+
+Inside the jitted step the frozen tokenizer turns images into the
+teacher-forcing inputs (hart_spec.md 2.8); the condition is the class label
+(class-conditional configs) or precomputed text features carried in the
+batch (`context`, `context_mask`, `context_position_ids`) from any encoder.
+"""
+
+import functools
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hart_jax import sampling
+from hart_jax.interop import official_tokenizer, official_transformer
+from hart_jax.models.hart import training as hart_training
+from hart_jax.models.hart.config import HartConfig, from_config_dict
+from hart_jax.models.hart.transformer import HartTransformer
+from hart_jax.models.tokenizer import HybridTokenizer
+from hart_jax.models.tokenizer.config import TokenizerConfig
+from hart_jax.optimizer import learning_rate_schedule, make_optimizer
+from hart_jax.stages.common import Stage, create_state, image_grid
+from hart_jax.steps import apply_update
+
+
+def load_frozen_tokenizer(config, rng):
+  """(TokenizerConfig, vae variables) from config.tokenizer."""
+  tc = config.tokenizer
+  if tc.get("folder"):
+    tok_config, variables = official_tokenizer.load_tokenizer(tc.folder)
+    logging.info("tokenizer loaded from %s", tc.folder)
+  else:
+    # Tests and smoke runs: a random tokenizer of the configured shape.
+    tok_config = TokenizerConfig(**dict(tc.model))
+    variables = official_tokenizer.init_variables(tok_config, rng)
+    logging.warning("no tokenizer folder configured: using a RANDOM "
+                    "tokenizer (fine for tests, useless for real training)")
+  return tok_config, variables["vae"]
+
+
+def condition(config: HartConfig, batch: dict):
+  """(context, mask, position ids) of a batch, for either conditioning."""
+  if config.num_classes:
+    b = batch["label"].shape[0]
+    return (batch["label"].astype(jnp.int32), jnp.ones((b, 1), bool),
+            jnp.zeros((b, 1), jnp.int32))
+  for key in ("context", "context_mask", "context_position_ids"):
+    if key not in batch:
+      raise ValueError(f"text-conditioned training needs batch[{key!r}] "
+                       "(precomputed text features)")
+  return (batch["context"], batch["context_mask"],
+          batch["context_position_ids"])
+
+
+def loss_fn(params, batch, rng, *, model, tokenizer, tok_vars, n_kept):
+  c = model.config
+  tok = jax.lax.stop_gradient(tokenizer.apply(
+      tok_vars, batch["image"], c.patch_nums,
+      method=HybridTokenizer.tokenize))
+  context, mask, pos = condition(c, batch)
+  r_keep, r_loss = jax.random.split(rng)
+  n_last = c.patch_nums[-1] ** 2
+  keep = None
+  if n_kept < n_last:
+    keep = hart_training.sample_keep(r_keep, context.shape[0], n_last,
+                                     n_kept)
+  hart_batch = dict(context=context, context_mask=mask,
+                    context_position_ids=pos, var_input=tok["var_input"],
+                    indices=tok["indices"],
+                    frest_before_last=tok["frest_before_last"])
+  codebook = tok_vars["params"]["quantize"]["embedding"]
+  loss, m = hart_training.hart_losses(model, params, hart_batch, codebook,
+                                      r_loss, keep=keep,
+                                      deterministic=False)
+  keys = ["ce", "diff_loss", "cond_dropped"] + [
+      k for k in m if k.startswith("acc_scale")]
+  return loss, {k: m[k] for k in keys}
+
+
+def flops_per_example(c: HartConfig, n_params: int, n_kept: int) -> float:
+  """6 * params * tokens for the matmuls + the attention scores (x3 for
+  forward and backward), per example; the diffusion head's rows count
+  batch_mul times."""
+  tokens = c.seq_len - c.patch_nums[-1] ** 2 + n_kept
+  attn = 2 * 2 * c.depth * tokens * tokens * c.embed_dim
+  diff_params = (c.diff_width * (c.latent_channels + c.embed_dim + 256)
+                 + c.diff_depth * 5 * c.diff_width ** 2)
+  return (6.0 * (n_params - diff_params) * tokens + 3.0 * attn
+          + 6.0 * diff_params * n_kept * c.diffusion_batch_mul)
+
+
+def build(config, mesh, rules, rng) -> Stage:
+  """State, jitted-able step and sampler for the HART stage."""
+  c = from_config_dict(config.model)
+  model = HartTransformer(c)
+  r_tok, r_init = jax.random.split(rng)
+  tok_config, tok_vars = load_frozen_tokenizer(config, r_tok)
+  if tok_config.vocab_size != c.vocab_size:
+    raise ValueError(f"tokenizer vocab {tok_config.vocab_size} != model "
+                     f"vocab_size {c.vocab_size}")
+  tokenizer = HybridTokenizer(tok_config)
+  tx = make_optimizer(config.optimizer, None)
+  init = lambda r: model.init(r, *official_transformer.example_inputs(c),
+                              method=HartTransformer.init_all)["params"]
+  state = create_state(init, tx, mesh, rules, r_init)
+  n_last = c.patch_nums[-1] ** 2
+  n_kept = hart_training.draw_num_kept(np.random.default_rng(
+      config.seed), n_last, int(config.train.get("keep_bucket", n_last)))
+  if config.train.get("keep_tokens"):
+    n_kept = int(config.train.keep_tokens)
+  step = functools.partial(
+      _step, tx=tx, schedule=learning_rate_schedule(config.optimizer),
+      ema_decay=config.optimizer.ema_decay, accum=config.train.grad_accum,
+      loss=functools.partial(loss_fn, model=model, tokenizer=tokenizer,
+                             n_kept=n_kept))
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
+      state.params))
+  labels = np.arange(config.sample.get("num_images", 16)) % max(
+      c.num_classes, 1)
+  sampler = None
+  if c.num_classes:
+    sampler = sampling.make_sampler(
+        c, sampling.SamplingConfig(cfg=config.sample.cfg,
+                                   top_k=config.sample.get("top_k") or None),
+        tokenizer)
+
+  def sample(state, frozen, step_no, preview):
+    del preview
+    if sampler is None:
+      return None
+    imgs = sampler(state.ema_params, frozen["tokenizer"], jnp.asarray(
+        labels), None, None, jax.random.key(config.seed + int(step_no)))
+    return image_grid(np.asarray(jax.device_get(imgs)),
+                      cols=max(c.num_classes, 1) if c.num_classes <= 10
+                      else 8)
+
+  def export(state, folder):
+    official_transformer.save_transformer(
+        os.path.join(folder, "llm"), c, jax.device_get(state.params),
+        jax.device_get(state.ema_params))
+    official_tokenizer.save_tokenizer(
+        os.path.join(folder, "tokenizer"), tok_config,
+        {"vae": jax.device_get(tok_vars),
+         "disc": official_tokenizer._init_disc(jax.random.key(0))})  # pylint: disable=protected-access
+
+  return Stage(name="hart", state=state, step=step,
+               frozen={"tokenizer": tok_vars}, sample=sample, export=export,
+               flops_per_example=flops_per_example(c, n_params, n_kept),
+               tokens_per_example=c.seq_len - n_last + n_kept)
+
+
+def _step(state, batch, frozen, *, loss, tx, schedule, ema_decay, accum):
+  fn = functools.partial(loss, tok_vars=frozen["tokenizer"])
+  return apply_update(state, fn, batch, tx, schedule, ema_decay, accum)
