@@ -28,7 +28,8 @@ def model_config(res: int) -> ml_collections.ConfigDict:
       cond_drop_mode="normal", diff_width=1024, diff_depth=6,
       num_sampling_steps="8", diffusion_batch_mul=4, vocab_size=4096,
       latent_channels=32, diffusion_target_index="sampled",
-      dtype="bfloat16"))
+      dtype="bfloat16", remat="dots_no_batch",
+      attention_implementation="auto"))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -13,7 +13,8 @@ import ml_collections
 from configs import common
 from configs import training_common as tc
 
-TOKENIZER = dict(ch=32, ch_mult=(1, 1, 1), vocab_size=256, z_channels=32,
+TOKENIZER = dict(ch=16, ch_mult=(1, 2, 2), norm_groups=8, vocab_size=256,
+                 z_channels=32,
                  v_patch_nums=(1, 2, 4, 8))
 
 

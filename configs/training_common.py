@@ -23,8 +23,7 @@ def train(total_steps=1000, batch_size=32, log_every=10, ckpt_every=200,
   return ml_collections.ConfigDict(dict(
       total_steps=total_steps, batch_size=batch_size, log_every=log_every,
       ckpt_every=ckpt_every, keep_last=3, keep_every=0, grad_accum=grad_accum,
-      max_nonfinite_steps=20, init_from="", keep_tokens=0, keep_bucket=128,
-      remat="none"))
+      max_nonfinite_steps=20, init_from="", keep_tokens=0, keep_bucket=128))
 
 
 def rules():

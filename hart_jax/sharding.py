@@ -6,6 +6,7 @@ communicate: `data` (pure data parallel), `fsdp` (data parallel with
 parameters and optimizer state sharded), `tensor` (model parallel).
 """
 
+import logging
 from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
@@ -61,6 +62,12 @@ def make_mesh(axis_sizes: Mapping[str, int],
       raise ValueError(f"{len(devices)} devices do not divide into mesh "
                        f"{axis_sizes}")
     sizes[sizes.index(-1)] = len(devices) // known
+  if -1 not in sizes and int(np.prod(sizes)) < len(devices):
+    # An explicit smaller mesh (e.g. one device for a quick run) uses the
+    # first devices; say so, since the others then sit idle.
+    logging.warning("mesh %s uses %d of %d devices", dict(zip(
+        MESH_AXES, sizes)), int(np.prod(sizes)), len(devices))
+    devices = devices[:int(np.prod(sizes))]
   if int(np.prod(sizes)) != len(devices):
     raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs "
                      f"{int(np.prod(sizes))} devices, have {len(devices)}")

@@ -6,6 +6,7 @@ bar, TensorBoard scalars, sample grids, async checkpoints, and a stop with
 a clear message after too many non-finite steps in a row.
 """
 
+import json
 import logging
 import os
 import time
@@ -90,18 +91,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
   first = next(data_iter)
   batch_shard = sharding.batch_sharding(mesh)
-  example = global_batch(_numeric(first), mesh, batch_shard)
-  state_shardings = jax.tree.map(lambda x: x.sharding, state)
-  frozen_shardings = jax.tree.map(lambda x: x.sharding if isinstance(
-      x, jax.Array) else None, stage.frozen)
-  jitted = jax.jit(stage.step, in_shardings=(
-      state_shardings, jax.tree.map(lambda x: x.sharding, example),
-      frozen_shardings), out_shardings=(state_shardings, None),
-                   donate_argnums=0)
-  t0 = time.time()
-  with mesh:
-    compiled = jitted.lower(state, example, stage.frozen).compile()
-  _log_compile(compiled, time.time() - t0)
+  compiled = compile_step(stage, state, global_batch(
+      _numeric(first), mesh, batch_shard), mesh)
   flops_per_example = stage.flops_per_example
   if flops_per_example is None:
     flops_per_example = _compiled_flops(compiled) / config.train.batch_size
@@ -153,6 +144,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         for k, v in metrics.items():
           writer.add_scalar(f"{config.stage}/{k}", v, done)
         writer.flush()
+        with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+          f.write(json.dumps(dict(step=done, **metrics)) + "\n")
     if done % config.train.ckpt_every == 0 or done == total:
       checkpointing.save(manager, done, state,
                          checkpointing.data_state_to_json(
@@ -167,6 +160,23 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   if writer:
     writer.close()
   return metrics
+
+
+def compile_step(stage, state, example_batch, mesh):
+  """The stage's step jitted once with explicit shardings and the state
+  donated, compiled ahead of time (its memory use is logged)."""
+  state_shardings = jax.tree.map(lambda x: x.sharding, state)
+  frozen_shardings = jax.tree.map(lambda x: x.sharding if isinstance(
+      x, jax.Array) else None, stage.frozen)
+  jitted = jax.jit(stage.step, in_shardings=(
+      state_shardings, jax.tree.map(lambda x: x.sharding, example_batch),
+      frozen_shardings), out_shardings=(state_shardings, None),
+                   donate_argnums=0)
+  t0 = time.time()
+  with mesh:
+    compiled = jitted.lower(state, example_batch, stage.frozen).compile()
+  _log_compile(compiled, time.time() - t0)
+  return compiled
 
 
 def _compiled_flops(compiled) -> float:

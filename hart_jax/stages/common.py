@@ -49,6 +49,13 @@ def create_state(init_fn: Callable[[jax.Array], Any],
   params = jax.jit(lambda r: flax.core.meta.unbox(init_fn(r)),
                    out_shardings=shardings)(init_rng)
   opt_state = jax.jit(tx.init)(params)
+  # Moments follow the params' shardings; the scalars (step counts) would
+  # land on one device, which a jit over the whole mesh rejects.
+  rep_all = sharding.replicated(mesh)
+  mesh_devices = set(mesh.devices.flat)
+  opt_state = jax.tree.map(
+      lambda x: x if set(x.sharding.device_set) == mesh_devices
+      else jax.device_put(x, rep_all), opt_state)
   ema = jax.jit(lambda p: jax.tree.map(jnp.copy, p),
                 out_shardings=shardings)(params)
   rep = sharding.replicated(mesh)
@@ -64,6 +71,9 @@ def create_state(init_fn: Callable[[jax.Array], Any],
 
 def image_grid(images: np.ndarray, cols: int) -> np.ndarray:
   """[N, H, W, 3] floats in [0, 1] -> one uint8 grid with 2px gutters."""
+  # Small images (the demo's 32px) are enlarged 2x so the grid is readable.
+  if images.shape[1] < 64:
+    images = images.repeat(2, axis=1).repeat(2, axis=2)
   n, h, w, _ = images.shape
   rows = -(-n // cols)
   grid = np.full((rows * (h + 2) + 2, cols * (w + 2) + 2, 3), 255, np.uint8)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hart_jax import sampling
+from hart_jax import sharding
 from hart_jax.interop import official_tokenizer, official_transformer
 from hart_jax.models.hart import training as hart_training
 from hart_jax.models.hart.config import HartConfig, from_config_dict
@@ -147,7 +148,8 @@ def build(config, mesh, rules, rng) -> Stage:
          "disc": official_tokenizer._init_disc(jax.random.key(0))})  # pylint: disable=protected-access
 
   return Stage(name="hart", state=state, step=step,
-               frozen={"tokenizer": tok_vars}, sample=sample, export=export,
+               frozen=jax.device_put({"tokenizer": tok_vars},
+                                     sharding.replicated(mesh)), sample=sample, export=export,
                flops_per_example=flops_per_example(c, n_params, n_kept),
                tokens_per_example=c.seq_len - n_last + n_kept)
 

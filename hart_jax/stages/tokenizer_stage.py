@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from hart_jax import sharding
 from hart_jax.interop import official_tokenizer
 from hart_jax.losses import codebook as cb
 from hart_jax.losses import gan
@@ -105,10 +106,15 @@ def _step(state, batch, frozen, *, model, disc, weights, tx, schedule,
                           mutable=["batch_stats"])
     return factor * gan.hinge_discriminator_loss(real, fake), s2
 
-  (d_val, d_stats), d_grads = jax.value_and_grad(d_loss, has_aux=True)(
-      ex["disc_params"])
-  d_updates, d_opt = disc_tx.update(d_grads, ex["disc_opt"],
-                                    ex["disc_params"])
+  if weights.disc > 0:
+    (d_val, d_stats), d_grads = jax.value_and_grad(d_loss, has_aux=True)(
+        ex["disc_params"])
+    d_updates, d_opt = disc_tx.update(d_grads, ex["disc_opt"],
+                                      ex["disc_params"])
+  else:  # no GAN configured: the discriminator is carried, never trained
+    d_val, d_stats = jnp.float32(0), {"batch_stats": ex["disc_stats"]}
+    d_updates = jax.tree.map(jnp.zeros_like, ex["disc_params"])
+    d_opt = ex["disc_opt"]
   # Official VAR bookkeeping of per-scale code hits (the exported buffer).
   old = ex["buffers"]["quantize"]["ema_vocab_hit_SV"]
   ema_hits = jnp.where(state.step == 0, hits, 0.99 * old + 0.01 * hits)
@@ -218,6 +224,8 @@ def build(config, mesh, rules, rng) -> Stage:
   # Conv nets have no simple closed form: the trainer takes the FLOPs of
   # the compiled step from XLA's cost analysis instead (None here).
   return Stage(name="tokenizer", state=state, step=step,
-               frozen={"lpips": lpips}, sample=sample, export=export,
+               frozen=jax.device_put({"lpips": lpips},
+                                     sharding.replicated(mesh)),
+               sample=sample, export=export,
                flops_per_example=None,
                tokens_per_example=sum(p * p for p in tc.v_patch_nums))

@@ -168,3 +168,14 @@ def test_official_size_counts():
   assert "vae.quantize.quant_resi.qresi_ls.3.weight" in keys
   assert "vae.encoder.down.4.attn.1.qkv.weight" in keys
   assert "vae.decoder.up.1.upsample.conv.weight" in keys
+
+
+def test_non_official_shape_fields_survive_export(tmp_path):
+  config = tok_config.TokenizerConfig(ch=16, ch_mult=(1, 2), norm_groups=8,
+                                      vocab_size=64, v_patch_nums=(1, 2, 4))
+  ot.save_tokenizer(str(tmp_path), config,
+                    ot.init_variables(config, jax.random.key(0)))
+  raw = json.loads((tmp_path / "config.json").read_text())
+  assert raw["norm_groups"] == 8 and "num_res_blocks" not in raw
+  loaded, _ = ot.load_tokenizer(str(tmp_path))
+  assert loaded == config

@@ -74,3 +74,25 @@ def test_losses_are_finite_and_differentiable():
                               jax.random.key(2), keep=keep)
   assert m["logits"].shape == (b, 1 + 4 + 9 + 10, 1024)
   assert set(f"acc_scale{k}" for k in range(4)) <= set(m)
+
+
+@pytest.mark.parametrize("policy", ["full", "dots"])
+def test_remat_gives_the_same_gradients(policy):
+  rng = np.random.default_rng(0)
+  batch = dict(
+      context=jnp.asarray(rng.normal(size=(2, 8, 32)), jnp.float32),
+      context_mask=jnp.ones((2, 8), bool),
+      context_position_ids=jnp.tile(jnp.arange(8), (2, 1)),
+      var_input=jnp.asarray(rng.normal(size=(2, 29, 32)), jnp.float32))
+  params = otr.init_params(CONFIG, jax.random.key(0))
+
+  def grads(config):
+    model = HartTransformer(config)
+    return jax.grad(lambda p: jnp.sum(model.apply(
+        {"params": p}, batch["context"], batch["context_mask"],
+        batch["context_position_ids"], batch["var_input"])["logits"] ** 2
+                                      ) * 1e-3)(params)
+
+  plain, remat = grads(CONFIG), grads(CONFIG.replace(remat=policy))
+  for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(remat)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

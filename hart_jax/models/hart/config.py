@@ -56,6 +56,9 @@ class HartConfig:
   diffusion_target_index: str = "sampled"
   residual_scale: float = 0.6
   dtype: str = "float32"            # compute dtype; params stay float32
+  # Activation rematerialisation per block: "none" | "full" | "dots" |
+  # "dots_no_batch" (hart_jax.models.hart.transformer.REMAT_POLICIES).
+  remat: str = "none"
   # "auto": the Pallas kernels where a benchmark showed a win (GPU), XLA
   # elsewhere (pallas_kernels.ops); "xla" / "pallas" force one.
   attention_implementation: str = "auto"
@@ -79,6 +82,8 @@ class HartConfig:
         (self.attn_type in ("llama", "gpt2"), f"attn_type {self.attn_type!r}"),
         (self.sep_aln_pooling_mode in ("max", "avg"),
          f"sep_aln_pooling_mode {self.sep_aln_pooling_mode!r}"),
+        (self.remat in ("none", "full", "dots", "dots_no_batch"),
+         f"remat {self.remat!r}"),
         (self.cond_drop_mode in ("normal", "uniform"),
          f"cond_drop_mode {self.cond_drop_mode!r}"),
         (self.diffusion_target_index in ("sampled", "ground_truth"),

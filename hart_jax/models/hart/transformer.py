@@ -21,6 +21,15 @@ from hart_jax.models.hart.layers import (Block, HeadNorm, TimestepEmbedder,
                                          dense, make_norm)
 
 
+# Named remat policies (config field `remat`): what a block keeps from its
+# forward pass; everything else is recomputed in the backward pass.
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
 def level_ids(config: HartConfig) -> np.ndarray:
   """Level of every position of the training sequence, [S] (lvl_1L)."""
   pieces = [np.zeros(config.context_token, np.int32)]
@@ -72,8 +81,15 @@ class HartTransformer(nn.Module):
                                   (1, c.context_token, c.embed_dim))
       self.pos_1LC = self.param("pos_1LC", init, (1, c.seq_len, c.embed_dim))
     rates = np.linspace(0, c.drop_path_rate, c.depth)
-    self.blocks = [Block(c, float(rates[i]), self.dtype, name=f"blocks_{i}")
-                   for i in range(c.depth)]
+    block_cls = Block
+    if c.remat != "none":
+      # Rematerialise each block in the backward pass; the policy decides
+      # what is kept. Static args: cache_start (8) and deterministic (9),
+      # counting self as 0.
+      block_cls = nn.remat(Block, policy=REMAT_POLICIES[c.remat],
+                           static_argnums=(8, 9))
+    self.blocks = [block_cls(c, float(rates[i]), self.dtype,
+                             name=f"blocks_{i}") for i in range(c.depth)]
     self.head_nm = HeadNorm(c)
     self.head = dense(c.vocab_size, ("embed", "vocab"), "head", jnp.float32)
     self.decoder_norm = make_norm(c, "decoder_norm", affine=True)

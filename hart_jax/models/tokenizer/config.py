@@ -130,6 +130,13 @@ _HF_GENERIC_FIELDS = frozenset((
     "top_k", "top_p", "torch_dtype", "torchscript", "transformers_version",
     "typical_p", "use_bfloat16"))
 
+# hart_jax shape fields the official config hard-codes. They are written
+# only when they differ from the official values (the official loader then
+# keeps them as plain attributes), so a tokenizer of another shape survives
+# its own export.
+_SHAPE_FIELDS = ("num_res_blocks", "in_channels", "norm_groups", "norm_eps",
+                 "using_sa", "using_mid_sa")
+
 OFFICIAL_MODEL_TYPE = "hart_autoencoder_with_disc"
 
 
@@ -139,7 +146,8 @@ def config_from_official(raw: dict[str, Any]) -> TokenizerConfig:
   Unknown keys are an error (naming them) rather than silently ignored, so a
   config from a newer or different model does not load as the wrong one.
   """
-  unknown = set(raw) - set(_OFFICIAL_FIELDS) - _HF_GENERIC_FIELDS
+  unknown = (set(raw) - set(_OFFICIAL_FIELDS) - set(_SHAPE_FIELDS)
+             - _HF_GENERIC_FIELDS)
   if unknown:
     raise ValueError(f"unknown tokenizer config key(s): {sorted(unknown)}")
   model_type = raw.get("model_type", OFFICIAL_MODEL_TYPE)
@@ -152,6 +160,7 @@ def config_from_official(raw: dict[str, Any]) -> TokenizerConfig:
                            v_patch_nums=SCHEDULE_256, quantizer_type="var",
                            hybrid=False)
   kwargs = {k: raw.get(k, official_defaults[k]) for k in _OFFICIAL_FIELDS}
+  kwargs.update({k: raw[k] for k in _SHAPE_FIELDS if k in raw})
   return TokenizerConfig(**kwargs)
 
 
@@ -161,6 +170,10 @@ def config_to_official(config: TokenizerConfig) -> dict[str, Any]:
   for k in _OFFICIAL_FIELDS:
     v = getattr(config, k)
     out[k] = list(v) if isinstance(v, tuple) else v
+  defaults = TokenizerConfig()
+  for k in _SHAPE_FIELDS:
+    if getattr(config, k) != getattr(defaults, k):
+      out[k] = getattr(config, k)
   out["model_type"] = OFFICIAL_MODEL_TYPE
   out["architectures"] = ["HARTAutoEncoderWithDisc"]
   out["transformers_version"] = "4.42.2"
