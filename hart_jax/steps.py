@@ -48,12 +48,6 @@ def accumulate_gradients(loss_fn: LossFn, params, batch: dict,
   return jax.tree.map(lambda x: x / accum, (loss, metrics, grads))
 
 
-def all_finite(tree) -> jax.Array:
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-            if jnp.issubdtype(x.dtype, jnp.inexact)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
-
-
 def apply_update(state: TrainState, loss_fn: LossFn, batch: dict,
                  tx: optax.GradientTransformation, lr_schedule,
                  ema_decay: float, accum: int = 1):
