@@ -68,12 +68,13 @@ def test_sharded_step_equals_single_device():
   assert m1["grad_norm"] > 0
 
 
-def _final_params(workdir):
+def _final_params(workdir, key="params"):
+  """(step, flat params or EMA) of a run's newest checkpoint."""
   manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
   step = manager.latest_step()
   state = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore()))["state"]
-  return step, flax.traverse_util.flatten_dict(state["params"])
+  return step, flax.traverse_util.flatten_dict(state[key])
 
 
 def _train_cmd(workdir, steps):
@@ -130,19 +131,11 @@ def test_init_from_converts_the_level_table(tmp_path):
   _, b = _final_params(str(tmp_path / "b"))
   table_a, table_b = a[("lvl_embed",)], b[("lvl_embed",)]
   assert table_a.shape == (4, 128) and table_b.shape == (5, 128)
-  _, a_ema = _final_ema(str(tmp_path / "a"))
+  _, a_ema = _final_params(str(tmp_path / "a"), "ema_params")
   np.testing.assert_array_equal(table_b[:4], a_ema[("lvl_embed",)])
   np.testing.assert_array_equal(table_b[4], a_ema[("lvl_embed",)][3])
   np.testing.assert_array_equal(b[("head", "kernel")],
                                 a_ema[("head", "kernel")])
-
-
-def _final_ema(workdir):
-  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
-  step = manager.latest_step()
-  state = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore()))["state"]
-  return step, flax.traverse_util.flatten_dict(state["ema_params"])
 
 
 def test_tiny_tokenizer_loss_falls_on_fashion_mnist(tmp_path):
