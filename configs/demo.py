@@ -76,7 +76,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       embed_dim=192, num_heads=3, mlp_type="llama", attn_type="llama",
       disable_aln=False, use_timestep_embed=True, patch_nums=SCHEDULE,
       diff_width=128, diff_depth=2, vocab_size=512, latent_channels=32,
-      cond_drop_mode="uniform", cond_drop_rate=0.1))
+      cond_drop_mode="uniform", cond_drop_rate=0.1, scan_layers=False))
   hart.tokenizer = ml_collections.ConfigDict(dict(folder="",
                                                   model=TOKENIZER))
   hart.sample = ml_collections.ConfigDict(dict(

@@ -42,7 +42,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         embed_dim=128, num_heads=2, mlp_type="llama", attn_type="llama",
         disable_aln=False, use_timestep_embed=True, patch_nums=(1, 2, 4, 8),
         diff_width=64, diff_depth=2, vocab_size=256, latent_channels=32,
-        cond_drop_mode="uniform", cond_drop_rate=0.1))
+        cond_drop_mode="uniform", cond_drop_rate=0.1, remat="none",
+        scan_layers=False))
     c.tokenizer = ml_collections.ConfigDict(dict(folder="",
                                                  model=TOKENIZER))
   else:

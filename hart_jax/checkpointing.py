@@ -16,6 +16,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from hart_jax.models.hart import layer_stack
+
 
 def make_manager(workdir: str, keep_last: int, keep_every: Optional[int],
                  async_save: bool = True) -> ocp.CheckpointManager:
@@ -87,7 +89,8 @@ def load_params_from(workdir: str, abstract_params, use_ema: bool = True):
 
 def convert_params(source, target_abstract):
   """Copies `source` into the shapes of `target_abstract` (see above)."""
-  src = flax.traverse_util.flatten_dict(source)
+  src = flax.traverse_util.flatten_dict(layer_stack.match_layout(
+      jax.device_get(source), target_abstract))
   dst = flax.traverse_util.flatten_dict(target_abstract)
   out, problems = {}, []
   for path, spec in dst.items():

@@ -11,6 +11,8 @@ import flax
 import jax
 import optax
 
+from hart_jax.models.hart import layer_stack
+
 # Parameter paths (joined with '/') that never get weight decay, besides
 # every 1-D parameter (biases, norm scales).
 _NO_DECAY = re.compile(
@@ -22,9 +24,16 @@ def decay_mask(params):
   """True where weight decay applies."""
   flat = flax.traverse_util.flatten_dict(params)
   return flax.traverse_util.unflatten_dict({
-      path: (getattr(value, "ndim", 0) >= 2
+      path: (_per_layer_ndim(path, value) >= 2
              and not _NO_DECAY.search("/".join(path)))
       for path, value in flat.items()})
+
+
+def _per_layer_ndim(path, value) -> int:
+  """ndim without the stacked layer axis of scanned blocks, so a scanned
+  bias (stacked to 2-D) is still excluded like its unrolled twin."""
+  ndim = getattr(value, "ndim", 0)
+  return ndim - 1 if layer_stack.SCANNED in path else ndim
 
 
 def learning_rate_schedule(config) -> optax.Schedule:

@@ -21,7 +21,8 @@ import numpy as np
 
 from hart_jax.models.hart import token_sampling
 from hart_jax.models.hart.config import HartConfig
-from hart_jax.models.hart.transformer import HartTransformer, scale_offsets
+from hart_jax.models.hart.transformer import (HartTransformer, empty_caches,
+                                              scale_offsets)
 from hart_jax.models.tokenizer.model import HybridTokenizer
 
 
@@ -112,10 +113,7 @@ def generate(t_config: HartConfig, s_config: SamplingConfig,
     mask2 = jnp.ones((2 * b, 1), bool)
     pos2 = jnp.zeros((2 * b, 1), jnp.int32)
   cond_tokens = apply(ctx2, method=HartTransformer.condition)
-  dtype = jnp.dtype(c.dtype)
-  caches = [(jnp.zeros((2 * b, c.num_heads, c.seq_len, c.head_dim), dtype),
-             jnp.zeros((2 * b, c.num_heads, c.seq_len, c.head_dim), dtype))
-            for _ in range(c.depth)]
+  caches = empty_caches(c, 2 * b)
   offsets = scale_offsets(c)
   k_scales, side = c.num_scales, c.patch_nums[-1]
 

@@ -37,6 +37,9 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("freq", None),
     ("seq", None),
     ("norm", None),
+    # The stacked-layer axis of scanned blocks: each device holds every
+    # layer (sharding it would serialise the scan across devices).
+    ("layers", None),
     ("diff_in", None),
     ("diff_out", None),
 )

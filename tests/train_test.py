@@ -22,6 +22,7 @@ from hart_jax import sharding
 from hart_jax import trainer
 from hart_jax.data import make_source
 from hart_jax.data.pipeline import global_batch, make_dataset
+from hart_jax.models.hart import layer_stack
 from hart_jax.stages import hart_stage
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -52,15 +53,22 @@ def _one_step(config, mesh):
   return jax.device_get(state.params), jax.device_get(metrics)
 
 
-def test_sharded_step_equals_single_device():
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_sharded_step_equals_single_device(scan_layers):
+  """(data 2, fsdp 2, tensor 2) == one device; the sharded run also scans
+  its blocks in the second case (same seed, same weights: compared in the
+  scanned layout)."""
   config = _config()
+  sharded_config = _config(model__scan_layers=scan_layers)
   mesh8 = sharding.make_mesh(dict(data=2, fsdp=2, tensor=2))
   mesh1 = sharding.make_mesh(dict(data=1), devices=jax.devices()[:1])
-  p8, m8 = _one_step(config, mesh8)
+  p8, m8 = _one_step(sharded_config, mesh8)
   p1, m1 = _one_step(config, mesh1)
   np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
   flat8 = flax.traverse_util.flatten_dict(p8)
-  flat1 = flax.traverse_util.flatten_dict(p1)
+  flat1 = flax.traverse_util.flatten_dict(
+      layer_stack.to_layout(p1, scan_layers))
+  assert set(flat8) == set(flat1)
   for path in flat1:
     np.testing.assert_allclose(flat8[path], flat1[path], rtol=1e-5,
                                atol=1e-5, err_msg="/".join(path))

@@ -7,6 +7,7 @@ HF `from_pretrained` reads). Export writes every key the official
 block's `attn.zero_k_bias`), so strict loading succeeds.
 """
 
+import dataclasses
 import functools
 import os
 
@@ -19,6 +20,7 @@ from hart_jax import atomic_io
 from hart_jax.interop import naming
 from hart_jax.interop import state_dict_io
 from hart_jax.interop.state_dict_io import CheckpointError
+from hart_jax.models.hart import layer_stack
 from hart_jax.models.hart.config import (HartConfig, config_to_official,
                                          load_official_config)
 from hart_jax.models.hart.transformer import HartTransformer, level_ids
@@ -59,6 +61,18 @@ def example_inputs(config: HartConfig, batch: int = 1):
                     jnp.float32))
 
 
+def init_boxed(config: HartConfig, rng: jax.Array):
+  """Random params with their logical-axis boxes, in `config`'s layout.
+
+  The scanned layout stacks the unrolled init, so a seed gives the same
+  weights whichever layout a run uses.
+  """
+  unrolled = dataclasses.replace(config, scan_layers=False)
+  params = HartTransformer(unrolled).init(
+      rng, *example_inputs(config), method=HartTransformer.init_all)["params"]
+  return layer_stack.to_layout(params, config.scan_layers, stack=jnp.stack)
+
+
 def init_params(config: HartConfig, rng: jax.Array):
   """Randomly initialised params (logical-axis boxes removed)."""
   return _init(config, rng)
@@ -66,9 +80,7 @@ def init_params(config: HartConfig, rng: jax.Array):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _init(config, rng):
-  variables = HartTransformer(config).init(
-      rng, *example_inputs(config), method=HartTransformer.init_all)
-  return flax.core.meta.unbox(variables)["params"]
+  return flax.core.meta.unbox(init_boxed(config, rng))
 
 
 def abstract_params(config: HartConfig):
@@ -76,10 +88,12 @@ def abstract_params(config: HartConfig):
 
 
 def export_state_dict(config: HartConfig, params) -> dict[str, np.ndarray]:
-  """Params -> the official state dict (torch layouts, buffers included)."""
+  """Params (either block layout) -> the official state dict (torch
+  layouts, buffers included)."""
   out = {}
-  for path, value in flax.traverse_util.flatten_dict(
-      flax.core.meta.unbox(params)).items():
+  params = layer_stack.to_layout(
+      jax.device_get(flax.core.meta.unbox(params)), scanned=False)
+  for path, value in flax.traverse_util.flatten_dict(params).items():
     value = np.asarray(jax.device_get(value), np.float32)
     out[param_key(path)] = naming.to_torch_layout(value, path[-1])
   out.update(buffers(config))
@@ -87,12 +101,14 @@ def export_state_dict(config: HartConfig, params) -> dict[str, np.ndarray]:
 
 
 def import_state_dict(config: HartConfig, state: dict[str, np.ndarray]):
-  """Official state dict -> params. Every mismatch is named in one error."""
+  """Official state dict -> params in the block layout `config` asks for.
+  Every mismatch is named in one error."""
   state = dict(state)
   expected_buffers = buffers(config)
   problems, missing, bad_shape, params = [], [], [], {}
+  unrolled = dataclasses.replace(config, scan_layers=False)
   for path, spec in flax.traverse_util.flatten_dict(
-      abstract_params(config)).items():
+      abstract_params(unrolled)).items():
     key = param_key(path)
     if key not in state:
       missing.append(key)
@@ -103,8 +119,8 @@ def import_state_dict(config: HartConfig, state: dict[str, np.ndarray]):
       bad_shape.append(f"{key}: checkpoint {list(got.shape)}, expected "
                        f"{list(want)}")
       continue
-    params[path] = jnp.asarray(naming.from_torch_layout(
-        np.asarray(got, np.float32), path[-1]))
+    params[path] = naming.from_torch_layout(np.asarray(got, np.float32),
+                                            path[-1])
   for key, want in expected_buffers.items():
     if key not in state:
       missing.append(key)
@@ -127,7 +143,9 @@ def import_state_dict(config: HartConfig, state: dict[str, np.ndarray]):
   if problems:
     raise CheckpointError("transformer checkpoint does not match the "
                           "config: " + " | ".join(problems))
-  return flax.traverse_util.unflatten_dict(params)
+  params = layer_stack.to_layout(flax.traverse_util.unflatten_dict(params),
+                                 config.scan_layers)
+  return jax.tree.map(jnp.asarray, params)
 
 
 def load_transformer(folder: str, weights: str | None = None):

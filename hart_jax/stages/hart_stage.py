@@ -104,9 +104,8 @@ def build(config, mesh, rules, rng) -> Stage:
                      f"vocab_size {c.vocab_size}")
   tokenizer = HybridTokenizer(tok_config)
   tx = make_optimizer(config.optimizer, None)
-  init = lambda r: model.init(r, *official_transformer.example_inputs(c),
-                              method=HartTransformer.init_all)["params"]
-  state = create_state(init, tx, mesh, rules, r_init)
+  state = create_state(lambda r: official_transformer.init_boxed(c, r), tx,
+                       mesh, rules, r_init)
   n_last = c.patch_nums[-1] ** 2
   n_kept = hart_training.draw_num_kept(np.random.default_rng(
       config.seed), n_last, int(config.train.get("keep_bucket", n_last)))

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 from hart_jax import sampling
+from hart_jax.interop import official_transformer
+from hart_jax.interop.state_dict_io import read_safetensors
 from hart_jax.models.hart.transformer import HartTransformer
 from hart_jax.models.tokenizer import HybridTokenizer
 from tests.golden import transformer_fixtures as fx
@@ -119,3 +121,27 @@ def test_kv_cache_equals_full_masked_forward(golden_dir):
     guided = (1 + t) * seg[:b] - t * seg[b:]
     assert_close_scaled(out["steps"][k]["logits_guided"], guided,
                         rtol=2e-5, name=f"step {k}")
+
+
+def test_scanned_layout_matches_official(golden_dir):
+  """The official weights imported into the scanned block layout sample
+  the official result (seeded-noise run of model B)."""
+  config, _ = fx.model(golden_dir, "B")
+  scanned = config.replace(scan_layers=True)
+  state = read_safetensors(str(golden_dir / "transformer_tiny" / "B" /
+                               "model.safetensors"))
+  params = official_transformer.import_state_dict(scanned, state)
+  assert "blocks" in params and "blocks_0" not in params
+  tok_config, tok_vars = fx.tokenizer(golden_dir)
+  g = fx.arrays(golden_dir, "B", "sample_noise.npz")
+  overrides = {"diffusion_noise": [jnp.asarray(g[f"diff_noise_call{i}"])
+                                   for i in range(9)]}
+  out = _sampler(scanned, tok_config, False)(
+      params, tok_vars["vae"], jnp.asarray(g["context"]),
+      jnp.asarray(g["context_mask"]), jnp.asarray(g["context_position_ids"]),
+      overrides)
+  for k in range(config.num_scales):
+    np.testing.assert_array_equal(np.asarray(out["indices"][k]),
+                                  g[f"step{k}_idx"], err_msg=f"step {k}")
+  assert_close_scaled(nchw(out["image"]), g["image"], rtol=1e-4,
+                      name="image")

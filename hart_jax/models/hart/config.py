@@ -59,6 +59,11 @@ class HartConfig:
   # Activation rematerialisation per block: "none" | "full" | "dots" |
   # "dots_no_batch" (hart_jax.models.hart.transformer.REMAT_POLICIES).
   remat: str = "none"
+  # Run the blocks as one `nn.scan` over params stacked on a leading layer
+  # axis (hart_jax.models.hart.layer_stack): one block is compiled instead
+  # of `depth`. Interop and init_from convert layouts, so checkpoints and
+  # exports do not depend on it.
+  scan_layers: bool = False
   # "auto": the Pallas kernels where a benchmark showed a win (GPU), XLA
   # elsewhere (pallas_kernels.ops); "xla" / "pallas" force one.
   attention_implementation: str = "auto"

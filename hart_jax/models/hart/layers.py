@@ -223,8 +223,12 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x, cond_tokens, context_mask, cos, sin, levels=None,
-               cache=None, cache_start=0, deterministic=True):
+               cache=None, cache_start=0, deterministic=True,
+               drop_path=None):
+    """`drop_path` (a traced per-layer rate under nn.scan) overrides the
+    field of the same name."""
     c = self.config
+    rate = self.drop_path if drop_path is None else drop_path
     norm = make_norm(c, "ln_wo_grad")
     if not c.disable_aln:
       pooled = pool_condition(cond_tokens, context_mask,
@@ -245,21 +249,21 @@ class Block(nn.Module):
     if mod is None:
       h, cache = attn(norm(x), cos, sin, levels, cache, cache_start,
                       deterministic)
-      x = x + self._drop_path(h, deterministic)
+      x = x + self._drop_path(h, deterministic, rate)
       return x + self._drop_path(mlp(norm(x), deterministic),
-                                 deterministic), cache
+                                 deterministic, rate), cache
     # Official chunk order: (gamma1, gamma2, scale1, scale2, shift1, shift2).
     g1, g2, s1, s2, b1, b2 = (mod[:, :, i].astype(x.dtype) for i in range(6))
     h, cache = attn(norm(x) * (1 + s1) + b1, cos, sin, levels, cache,
                     cache_start, deterministic)
-    x = x + self._drop_path(h * g1, deterministic)
+    x = x + self._drop_path(h * g1, deterministic, rate)
     h = mlp(norm(x) * (1 + s2) + b2, deterministic)
-    return x + self._drop_path(h * g2, deterministic), cache
+    return x + self._drop_path(h * g2, deterministic, rate), cache
 
-  def _drop_path(self, x, deterministic):
-    if deterministic or self.drop_path <= 0:
+  def _drop_path(self, x, deterministic, rate):
+    if deterministic or (isinstance(rate, float) and rate <= 0):
       return x
-    keep = 1.0 - self.drop_path
+    keep = 1.0 - rate
     mask = jax.random.bernoulli(self.make_rng("dropout"), keep,
                                 (x.shape[0],) + (1,) * (x.ndim - 1))
     return jnp.where(mask, x / keep, 0)

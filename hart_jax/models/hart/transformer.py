@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hart_jax.models.diffusion_head import DiffusionHead
+from hart_jax.models.hart import layer_stack
 from hart_jax.models.hart import rope
 from hart_jax.models.hart.config import HartConfig
 from hart_jax.models.hart.layers import (Block, HeadNorm, TimestepEmbedder,
@@ -45,6 +46,18 @@ def scale_offsets(config: HartConfig) -> list[int]:
     starts.append(cur)
     cur += pn * pn
   return starts
+
+
+def empty_caches(config: HartConfig, batch: int):
+  """Zero KV caches for `batch` rows: a (k, v) pair per block, or one pair
+  with a leading layer axis when the blocks are scanned."""
+  shape = (batch, config.num_heads, config.seq_len, config.head_dim)
+  dtype = jnp.dtype(config.dtype)
+  if config.scan_layers:
+    shape = (config.depth,) + shape
+    return (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+  return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+          for _ in range(config.depth)]
 
 
 class HartTransformer(nn.Module):
@@ -80,7 +93,6 @@ class HartTransformer(nn.Module):
       self.pos_start = self.param("pos_start", init,
                                   (1, c.context_token, c.embed_dim))
       self.pos_1LC = self.param("pos_1LC", init, (1, c.seq_len, c.embed_dim))
-    rates = np.linspace(0, c.drop_path_rate, c.depth)
     block_cls = Block
     if c.remat != "none":
       # Rematerialise each block in the backward pass; the policy decides
@@ -88,8 +100,21 @@ class HartTransformer(nn.Module):
       # counting self as 0.
       block_cls = nn.remat(Block, policy=REMAT_POLICIES[c.remat],
                            static_argnums=(8, 9))
-    self.blocks = [block_cls(c, float(rates[i]), self.dtype,
-                             name=f"blocks_{i}") for i in range(c.depth)]
+    if c.scan_layers:
+      # Scanned: the KV caches and per-layer drop-path rates are walked
+      # through with the params; everything else is the same every layer.
+      # Each layer gets its own init and dropout keys.
+      block_cls = nn.scan(
+          block_cls, variable_axes={"params": 0},
+          split_rngs={"params": True, "dropout": True},
+          in_axes=(nn.broadcast,) * 5 + (0, nn.broadcast, nn.broadcast, 0),
+          length=c.depth,
+          metadata_params={nn.PARTITION_NAME: layer_stack.LAYER_AXIS})
+      self.blocks = block_cls(c, 0.0, self.dtype, name=layer_stack.SCANNED)
+    else:
+      self.blocks = [block_cls(c, float(rate), self.dtype,
+                               name=f"blocks_{i}")
+                     for i, rate in enumerate(self.drop_path_rates())]
     self.head_nm = HeadNorm(c)
     self.head = dense(c.vocab_size, ("embed", "vocab"), "head", jnp.float32)
     self.decoder_norm = make_norm(c, "decoder_norm", affine=True)
@@ -150,10 +175,20 @@ class HartTransformer(nn.Module):
 
   # --- backbone --------------------------------------------------------------
 
+  def drop_path_rates(self) -> np.ndarray:
+    return np.linspace(0, self.config.drop_path_rate, self.config.depth)
+
   def backbone(self, x, cond_tokens, context_mask, cos, sin, levels=None,
                caches=None, cache_start=0, deterministic=True):
-    new_caches = []
+    """caches: `empty_caches(...)` of the same layout, or None."""
     x = x.astype(self.dtype)
+    if self.config.scan_layers:
+      rates = None
+      if self.config.drop_path_rate > 0 and not deterministic:
+        rates = jnp.asarray(self.drop_path_rates(), jnp.float32)
+      return self.blocks(x, cond_tokens, context_mask, cos, sin, levels,
+                         caches, cache_start, deterministic, rates)
+    new_caches = []
     for i, block in enumerate(self.blocks):
       x, cache = block(x, cond_tokens, context_mask, cos, sin, levels,
                        None if caches is None else caches[i], cache_start,
