@@ -4,8 +4,9 @@ r"""CPU-sized training config that tests and smoke runs share.
 
 Synthetic 32px images (learnable shapes per class; the PatchGAN needs at
 least 32px), a tokenizer with 4x downsampling (8x8 latent, schedule
-1-2-4-8) and a 2-layer class-conditional HART. Well under a second a step
-on 2 cores.
+1-2-4-8) and a 2-layer HART, class-conditional or (`:cond=text`)
+conditioned on the captions through the byte text encoder. Well under a
+second a step on 2 cores.
 """
 
 import ml_collections
@@ -19,9 +20,11 @@ TOKENIZER = dict(ch=16, ch_mult=(1, 2, 2), norm_groups=8, vocab_size=256,
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = common.parse_arg(arg, stage="hart", steps=4)
+  arg = common.parse_arg(arg, stage="hart", steps=4, cond="class")
   if arg.stage not in ("hart", "tokenizer"):
     raise ValueError(f"stage must be 'hart' or 'tokenizer', got {arg.stage}")
+  if arg.cond not in ("class", "text"):
+    raise ValueError(f"cond must be 'class' or 'text', got {arg.cond}")
   c = ml_collections.ConfigDict()
   c.stage = arg.stage
   c.seed = 0
@@ -46,6 +49,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         scan_layers=False))
     c.tokenizer = ml_collections.ConfigDict(dict(folder="",
                                                  model=TOKENIZER))
+    if arg.cond == "text":
+      # The synthetic captions ("a red circle") through the byte encoder,
+      # run inside the step.
+      c.model.update(num_classes=0, context_token=24, context_dim=64)
+      c.text_encoder = ml_collections.ConfigDict(dict(
+          kind="bytes", bytes=dict(width=64, depth=1, heads=2, seed=0),
+          cache=dict(path="")))
+      c.sample.prompts = ["a red circle", "a blue square"]
+      c.sample.num_images = 4
   else:
     c.mode = "scratch"
     c.model = ml_collections.ConfigDict(TOKENIZER)

@@ -89,7 +89,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     logging.info("initialised from %s (step %d)", config.train.init_from,
                  src_step)
 
-  first = next(data_iter)
+  prepare = stage.host_inputs or (lambda b: b)
+  first = prepare(next(data_iter))
   batch_shard = sharding.batch_sharding(mesh)
   compiled = compile_step(stage, state, global_batch(
       _numeric(first), mesh, batch_shard), mesh)
@@ -108,7 +109,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                   disable=jax.process_index() != 0, dynamic_ncols=True)
   for step in range(start, total):
     if step > start:
-      batch = next(data_iter)
+      batch = prepare(next(data_iter))
     state, step_metrics = compiled(
         state, global_batch(_numeric(batch), mesh, batch_shard),
         stage.frozen)

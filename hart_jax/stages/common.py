@@ -33,6 +33,9 @@ class Stage:
   export: Optional[Callable[..., None]]
   flops_per_example: Optional[float]
   tokens_per_example: int
+  # Host-side batch -> batch with the arrays the step needs from non-numeric
+  # fields (a text encoder's tokens from the captions); runs in the loop.
+  host_inputs: Optional[Callable[[dict], dict]] = None
 
 
 def create_state(init_fn: Callable[[jax.Array], Any],

@@ -9,6 +9,7 @@ batch (`context`, `context_mask`, `context_position_ids`) from any encoder.
 import functools
 import logging
 import os
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +26,7 @@ from hart_jax.models.tokenizer.config import TokenizerConfig
 from hart_jax.optimizer import learning_rate_schedule, make_optimizer
 from hart_jax.stages.common import Stage, create_state, image_grid
 from hart_jax.steps import apply_update
+from hart_jax.text.encoders import TextEncoder, make_text_encoder
 
 
 def load_frozen_tokenizer(config, rng):
@@ -42,26 +44,25 @@ def load_frozen_tokenizer(config, rng):
   return tok_config, variables["vae"]
 
 
-def condition(config: HartConfig, batch: dict):
-  """(context, mask, position ids) of a batch, for either conditioning."""
+def condition(config: HartConfig, batch: dict,
+              encoder: Optional[TextEncoder], text_params):
+  """(context, mask, position ids) of a batch: class labels, or the frozen
+  text encoder's output (it runs here, inside the step)."""
   if config.num_classes:
     b = batch["label"].shape[0]
     return (batch["label"].astype(jnp.int32), jnp.ones((b, 1), bool),
             jnp.zeros((b, 1), jnp.int32))
-  for key in ("context", "context_mask", "context_position_ids"):
-    if key not in batch:
-      raise ValueError(f"text-conditioned training needs batch[{key!r}] "
-                       "(precomputed text features)")
-  return (batch["context"], batch["context_mask"],
-          batch["context_position_ids"])
+  context, mask, pos = encoder.encode(text_params, batch)
+  return jax.lax.stop_gradient(context), mask, pos
 
 
-def loss_fn(params, batch, rng, *, model, tokenizer, tok_vars, n_kept):
+def loss_fn(params, batch, rng, *, model, tokenizer, tok_vars, text_params,
+            encoder, n_kept):
   c = model.config
   tok = jax.lax.stop_gradient(tokenizer.apply(
       tok_vars, batch["image"], c.patch_nums,
       method=HybridTokenizer.tokenize))
-  context, mask, pos = condition(c, batch)
+  context, mask, pos = condition(c, batch, encoder, text_params)
   r_keep, r_loss = jax.random.split(rng)
   n_last = c.patch_nums[-1] ** 2
   keep = None
@@ -97,12 +98,16 @@ def build(config, mesh, rules, rng) -> Stage:
   """State, jitted-able step and sampler for the HART stage."""
   c = from_config_dict(config.model)
   model = HartTransformer(c)
-  r_tok, r_init = jax.random.split(rng)
+  r_tok, r_init, r_text = jax.random.split(rng, 3)
   tok_config, tok_vars = load_frozen_tokenizer(config, r_tok)
   if tok_config.vocab_size != c.vocab_size:
     raise ValueError(f"tokenizer vocab {tok_config.vocab_size} != model "
                      f"vocab_size {c.vocab_size}")
   tokenizer = HybridTokenizer(tok_config)
+  encoder = None
+  if not c.num_classes:
+    encoder = make_text_encoder(config.text_encoder, c.context_dim,
+                                c.context_token)
   tx = make_optimizer(config.optimizer, None)
   state = create_state(lambda r: official_transformer.init_boxed(c, r), tx,
                        mesh, rules, r_init)
@@ -115,27 +120,28 @@ def build(config, mesh, rules, rng) -> Stage:
       _step, tx=tx, schedule=learning_rate_schedule(config.optimizer),
       ema_decay=config.optimizer.ema_decay, accum=config.train.grad_accum,
       loss=functools.partial(loss_fn, model=model, tokenizer=tokenizer,
-                             n_kept=n_kept))
+                             encoder=encoder, n_kept=n_kept))
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
       state.params))
-  labels = np.arange(config.sample.get("num_images", 16)) % max(
-      c.num_classes, 1)
-  sampler = None
-  if c.num_classes:
-    sampler = sampling.make_sampler(
-        c, sampling.SamplingConfig(cfg=config.sample.cfg,
-                                   top_k=config.sample.get("top_k") or None),
-        tokenizer)
+  sampler = sampling.make_sampler(
+      c, sampling.SamplingConfig(cfg=config.sample.cfg,
+                                 top_k=config.sample.get("top_k") or None),
+      tokenizer)
+  sample_inputs, cols = _sample_inputs(config, c, encoder)
 
   def sample(state, frozen, step_no, preview):
     del preview
-    if sampler is None:
+    if sample_inputs is None:
       return None
-    imgs = sampler(state.ema_params, frozen["tokenizer"], jnp.asarray(
-        labels), None, None, jax.random.key(config.seed + int(step_no)))
-    return image_grid(np.asarray(jax.device_get(imgs)),
-                      cols=max(c.num_classes, 1) if c.num_classes <= 10
-                      else 8)
+    context, mask, pos = sample_inputs(frozen)
+    imgs = sampler(state.ema_params, frozen["tokenizer"], context, mask, pos,
+                   jax.random.key(config.seed + int(step_no)))
+    return image_grid(np.asarray(jax.device_get(imgs)), cols=cols)
+
+  host_inputs = None
+  if encoder is not None:
+    host_inputs = lambda batch: dict(batch, **encoder.host_inputs(
+        [str(x) for x in batch["caption"]]))
 
   def export(state, folder):
     official_transformer.save_transformer(
@@ -146,13 +152,36 @@ def build(config, mesh, rules, rng) -> Stage:
         {"vae": jax.device_get(tok_vars),
          "disc": official_tokenizer._init_disc(jax.random.key(0))})  # pylint: disable=protected-access
 
+  frozen = {"tokenizer": tok_vars,
+            "text": encoder.init_params(r_text) if encoder else None}
   return Stage(name="hart", state=state, step=step,
-               frozen=jax.device_put({"tokenizer": tok_vars},
-                                     sharding.replicated(mesh)), sample=sample, export=export,
+               frozen=jax.device_put(frozen, sharding.replicated(mesh)),
+               sample=sample, export=export,
                flops_per_example=flops_per_example(c, n_params, n_kept),
-               tokens_per_example=c.seq_len - n_last + n_kept)
+               tokens_per_example=c.seq_len - n_last + n_kept,
+               host_inputs=host_inputs)
+
+
+def _sample_inputs(config, c: HartConfig, encoder):
+  """(frozen -> sampler condition inputs, grid columns), or (None, 0) for
+  a text model without `sample.prompts`."""
+  n = config.sample.get("num_images", 16)
+  if c.num_classes:
+    labels = jnp.asarray(np.arange(n) % c.num_classes)
+    cols = c.num_classes if c.num_classes <= 10 else 8
+    return (lambda frozen: (labels, None, None)), cols
+  prompts = list(config.sample.get("prompts") or [])
+  if not prompts:
+    logging.info("no sample.prompts configured: no sample grids")
+    return None, 0
+  # Each prompt fills a column; rows repeat it with other seeds' draws.
+  rows = max(n // len(prompts), 1)
+  host = jax.tree.map(jnp.asarray, encoder.host_inputs(prompts * rows))
+  encode = jax.jit(encoder.encode)
+  return (lambda frozen: encode(frozen["text"], host)), len(prompts)
 
 
 def _step(state, batch, frozen, *, loss, tx, schedule, ema_decay, accum):
-  fn = functools.partial(loss, tok_vars=frozen["tokenizer"])
+  fn = functools.partial(loss, tok_vars=frozen["tokenizer"],
+                         text_params=frozen["text"])
   return apply_update(state, fn, batch, tx, schedule, ema_decay, accum)

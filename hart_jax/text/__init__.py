@@ -1,0 +1,1 @@
+"""Text encoders for text-to-image training (hart_jax.text.encoders)."""
