@@ -1,8 +1,7 @@
-r"""HART-0.7B on the 256px schedule (a stage of the resolution curriculum)."""
+r"""HART-0.7B, first curriculum stage (256px); args as in hart_0p7b_1024."""
 
 from configs import hart_0p7b_1024
 
 
 def get_config(arg: str | None = None):
-  del arg
-  return hart_0p7b_1024.get_config("res=256")
+  return hart_0p7b_1024.curriculum_stage(256, arg)

@@ -9,6 +9,7 @@ parameters and optimizer state sharded), `tensor` (model parallel).
 import logging
 from typing import Any, Mapping, Sequence
 
+import flax
 import flax.linen as nn
 import jax
 import numpy as np
@@ -40,7 +41,8 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     # The stacked-layer axis of scanned blocks: each device holds every
     # layer (sharding it would serialise the scan across devices).
     ("layers", None),
-    ("diff_in", None),
+    # The diffusion MLP (37M at release) is FSDP-sharded on its inputs.
+    ("diff_in", "fsdp"),
     ("diff_out", None),
 )
 
@@ -83,9 +85,34 @@ def rules_from_config(rules) -> tuple[tuple[str, Any], ...]:
 
 
 def param_shardings(boxed_abstract, mesh, rules=DEFAULT_RULES):
-  """NamedShardings for a tree of logically-partitioned (abstract) params."""
+  """NamedShardings for a tree of logically-partitioned (abstract) params.
+
+  A dimension that its mesh axes do not divide (a 32-wide latent on a
+  64-way fsdp axis) is replicated instead, so any mesh works; each such
+  fallback is logged.
+  """
   specs = nn.get_partition_spec(boxed_abstract)
-  return nn.logical_to_mesh_sharding(specs, mesh, list(rules))
+  shardings = nn.logical_to_mesh_sharding(specs, mesh, list(rules))
+  shapes = flax.core.meta.unbox(boxed_abstract)
+  return jax.tree.map(lambda s, x: _divisible(s, x.shape, mesh), shardings,
+                      shapes)
+
+
+def _divisible(named: NamedSharding, shape, mesh) -> NamedSharding:
+  spec = list(named.spec) + [None] * (len(shape) - len(named.spec))
+  changed = False
+  for dim, axes in enumerate(spec):
+    if axes is None:
+      continue
+    names = axes if isinstance(axes, tuple) else (axes,)
+    ways = int(np.prod([mesh.shape[a] for a in names]))
+    if shape[dim] % ways:
+      spec[dim], changed = None, True
+  if not changed:
+    return named
+  logging.info("replicating dims of a %s param that %s does not divide",
+               tuple(shape), named.spec)
+  return NamedSharding(mesh, P(*spec))
 
 
 def batch_sharding(mesh) -> NamedSharding:

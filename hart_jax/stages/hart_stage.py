@@ -35,12 +35,16 @@ def load_frozen_tokenizer(config, rng):
   if tc.get("folder"):
     tok_config, variables = official_tokenizer.load_tokenizer(tc.folder)
     logging.info("tokenizer loaded from %s", tc.folder)
-  else:
+  elif tc.get("model"):
     # Tests and smoke runs: a random tokenizer of the configured shape.
     tok_config = TokenizerConfig(**dict(tc.model))
     variables = official_tokenizer.init_variables(tok_config, rng)
     logging.warning("no tokenizer folder configured: using a RANDOM "
                     "tokenizer (fine for tests, useless for real training)")
+  else:
+    raise ValueError("config.tokenizer.folder is empty: point it at a HART "
+                     "tokenizer/ folder (official, or exported by the "
+                     "tokenizer stage)")
   return tok_config, variables["vae"]
 
 

@@ -16,7 +16,7 @@ def _count(tree):
 
 def test_released_param_count():
   """hart_spec.md 2.1: 732,399,168 = 695.81M AR + 36.59M diffusion."""
-  config = from_config_dict(hart_0p7b_1024.get_config().model)
+  config = from_config_dict(hart_0p7b_1024.model_config(1024))
   shapes = otr.abstract_params(config)
   total, diff = _count(shapes), _count(shapes["diffloss"])
   assert total == 732_399_168
