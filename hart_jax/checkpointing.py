@@ -76,15 +76,39 @@ def load_params_from(workdir: str, abstract_params, use_ema: bool = True):
     prefix are copied; the rest keeps its fresh initialisation.
   Any other shape mismatch is an error naming the parameter.
   """
-  manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir),
-                                               "checkpoints"))
-  step = manager.latest_step()
+  key = "ema_params" if use_ema else "params"
+  step, source = read_state_items(workdir, (key,))
+  return convert_params(source[key], abstract_params), step
+
+
+def read_state_items(workdir: str, keys, step: Optional[int] = None):
+  """(step, {key: tree}) of some TrainState fields of a run's checkpoint
+  (default: the newest), as arrays in host memory.
+
+  Any topology can read it: the run that wrote it may have used another
+  mesh, device count or number of processes (the curriculum's stages
+  usually do). Only the named fields are read.
+  """
+  manager = ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), "checkpoints"),
+      item_handlers={"state": ocp.PyTreeCheckpointHandler()})
+  step = manager.latest_step() if step is None else step
   if step is None:
-    raise FileNotFoundError(f"init_from: no checkpoint in {workdir}")
+    raise FileNotFoundError(f"no checkpoint in {workdir}")
+  meta = manager.item_metadata(step)["state"]
+  missing = [k for k in keys if k not in meta]
+  if missing:
+    raise ValueError(f"checkpoint {step} in {workdir} has no {missing}")
+  host = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+  wanted = {k: meta[k] for k in keys}
   restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore()))["state"]
-  source = restored["ema_params" if use_ema else "params"]
-  return convert_params(source, abstract_params), step
+      state=ocp.args.PyTreeRestore(
+          item=jax.tree.map(lambda m: jax.ShapeDtypeStruct(
+              m.shape, m.dtype, sharding=host), wanted),
+          restore_args=jax.tree.map(
+              lambda _: ocp.ArrayRestoreArgs(sharding=host), wanted),
+          partial_restore=True)))["state"]
+  return step, jax.device_get(restored)
 
 
 def convert_params(source, target_abstract):

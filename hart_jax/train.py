@@ -19,14 +19,24 @@ _CONFIG = config_flags.DEFINE_config_file("config", None,
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.",
                                required=True)
 _MULTIHOST = flags.DEFINE_bool(
-    "multihost", False, "Call jax.distributed.initialize() (TPU pods).")
+    "multihost", False, "Call jax.distributed.initialize() (TPU pods, GPU "
+    "clusters); on a TPU pod or under SLURM it finds its peers itself.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "With --multihost where the cluster is "
+    "not detected: host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "With --coordinator_address: how many processes.")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "With --coordinator_address: this process's index.")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _MULTIHOST.value:
-    jax.distributed.initialize()
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
   # Safety rails: every host<->device transfer is explicit, and random
   # numbers do not depend on how arrays are partitioned.
   jax.config.update("jax_threefry_partitionable", True)

@@ -14,10 +14,10 @@ import time
 import flax
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from configs import tiny
+from hart_jax import checkpointing
 from hart_jax import sharding
 from hart_jax import trainer
 from hart_jax.data import make_source
@@ -78,11 +78,8 @@ def test_sharded_step_equals_single_device(scan_layers):
 
 def _final_params(workdir, key="params"):
   """(step, flat params or EMA) of a run's newest checkpoint."""
-  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
-  step = manager.latest_step()
-  state = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore()))["state"]
-  return step, flax.traverse_util.flatten_dict(state[key])
+  step, items = checkpointing.read_state_items(str(workdir), (key,))
+  return step, flax.traverse_util.flatten_dict(items[key])
 
 
 def _train_cmd(workdir, steps):
