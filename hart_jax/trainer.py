@@ -97,7 +97,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   flops_per_example = stage.flops_per_example
   if flops_per_example is None:
     flops_per_example = _compiled_flops(compiled) / config.train.batch_size
-  preview = np.asarray(first["image"][:8])
+  # (a token-cache batch has no images to preview)
+  preview = np.asarray(first["image"][:8]) if "image" in first else None
 
   total = int(config.train.total_steps)
   start = int(jax.device_get(state.step))

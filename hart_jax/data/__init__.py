@@ -7,6 +7,8 @@ Names: "fashion_mnist", "gemojione", "synthetic", "folder:<path>",
 "tfds:<name>[:<split>]". Keyword arguments go to the source's constructor.
 """
 
+import logging
+
 from hart_jax.data import sources
 from hart_jax.data.debian import DatasetUnavailableError
 from hart_jax.data.pipeline import global_batch, make_dataset
@@ -19,14 +21,15 @@ __all__ = ["DatasetUnavailableError", "FashionMnistSource", "GemojioneSource",
            "global_batch", "make_dataset", "make_source", "sources"]
 
 _NAMES = ("fashion_mnist", "gemojione", "synthetic", "folder:<path>",
-          "tfds:<name>[:<split>]")
+          "tfds:<name>[:<split>]", "tokens:<token cache dir>")
 
 
 def make_source(name: str, **kwargs):
   """Builds a random-access source from its name.
 
   Args:
-    name: "fashion_mnist", "gemojione", "synthetic", "folder:<path>" or
+    name: "fashion_mnist", "gemojione", "synthetic", "folder:<path>",
+      "tokens:<dir>" (a token cache, data/token_cache.py) or
       "tfds:<name>[:<split>]" (e.g. "tfds:hart_image_folder/pets_64px:train";
       the split defaults to "train" and may hold slices, "train[:90%]").
     **kwargs: passed to the source class (e.g. split=, cache_dir=,
@@ -46,6 +49,14 @@ def make_source(name: str, **kwargs):
     return SyntheticSource(**kwargs)
   if name.startswith("folder:") and len(name) > len("folder:"):
     return ImageFolderSource(name[len("folder:"):], **kwargs)
+  if name.startswith("tokens:") and len(name) > len("tokens:"):
+    from hart_jax.data.token_cache import TokenCacheSource  # pylint: disable=g-import-not-at-top
+    if kwargs:
+      # A config's source_kwargs describe its image source; switching it
+      # to a cache with --config.data.source leaves them behind.
+      logging.info("token cache source: ignoring source_kwargs %s",
+                   sorted(kwargs))
+    return TokenCacheSource(name[len("tokens:"):])
   if name.startswith("tfds:") and len(name) > len("tfds:"):
     # tfds names never contain ":", so the first one ends the name and the
     # rest is the split, which may contain its own (train[:10%]).

@@ -7,7 +7,8 @@
     state = it.get_state()              # JSON-able; it.set_state(state)
 
 Batches (B = this host's batch_size, S = image_size):
-  image    float32 [B, S, S, 3] in [-1, 1]
+  image    float32 [B, S, S, 3] in [-1, 1]; from a token cache instead
+           `tokens` int32 [B, L] and `frest` float32 [B, P*P, C]
   label    int32 [B]
   valid    bool [B]: False only for the padding of a last partial batch
            (drop_remainder=False); training batches are all valid.
@@ -54,6 +55,11 @@ class _Preprocess:
     self._failures = 0  # Per process: only for rate-limiting the log.
 
   def __call__(self, record: dict) -> dict | None:
+    if "tokens" in record:
+      # A token-cache record (data/token_cache.py): nothing to decode.
+      return {"tokens": record["tokens"], "frest": record["frest"],
+              "label": np.int32(record.get("label", 0)),
+              "caption": str(record.get("caption", ""))}
     try:
       image = transforms.fit_square(transforms.to_rgb(record["image"]),
                                     self.image_size, self.resize)
@@ -132,19 +138,20 @@ class _RunningSkips(grain.IterDataset):
 def _collate(elements: list[dict], batch_size: int) -> dict[str, np.ndarray]:
   """Stacks elements; pads a short (last) batch with invalid zeros."""
   n = len(elements)
-  images = np.stack([e["image"] for e in elements])
-  labels = np.array([e["label"] for e in elements], np.int32)
+  fields = [k for k in elements[0] if k not in ("caption", "skipped")]
+  out = {k: np.stack([np.asarray(e[k]) for e in elements]) for k in fields}
   captions = [e["caption"] for e in elements]
   valid = np.ones(batch_size, bool)
   if n < batch_size:
     pad = batch_size - n
-    images = np.concatenate([images, np.zeros((pad,) + images.shape[1:],
-                                              images.dtype)])
-    labels = np.concatenate([labels, np.zeros(pad, np.int32)])
+    out = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
+           for k, v in out.items()}
     captions += [""] * pad
     valid[n:] = False
-  return {"image": transforms.to_model_range(images), "label": labels,
-          "valid": valid, "caption": np.array(captions, dtype=np.str_),
+  if "image" in out:
+    out["image"] = transforms.to_model_range(out["image"])
+  out["label"] = out["label"].astype(np.int32)
+  return {**out, "valid": valid, "caption": np.array(captions, dtype=np.str_),
           "skipped": np.int64(sum(e["skipped"] for e in elements))}
 
 

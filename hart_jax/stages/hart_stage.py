@@ -1,9 +1,11 @@
 """The HART stage: transformer + diffusion head on a frozen tokenizer.
 
 Inside the jitted step the frozen tokenizer turns images into the
-teacher-forcing inputs (hart_spec.md 2.8); the condition is the class label
-(class-conditional configs) or precomputed text features carried in the
-batch (`context`, `context_mask`, `context_position_ids`) from any encoder.
+teacher-forcing inputs (hart_spec.md 2.8), or the quantizer rebuilds them
+from a token cache's indices (`data.source=tokens:DIR`,
+hart_jax/data/token_cache.py). The condition is the class label
+(class-conditional configs) or captions through a frozen text encoder
+(hart_jax/text/encoders.py: run in the step, or read from a feature cache).
 """
 
 import functools
@@ -17,6 +19,7 @@ import numpy as np
 
 from hart_jax import sampling
 from hart_jax import sharding
+from hart_jax.data import token_cache
 from hart_jax.interop import official_tokenizer, official_transformer
 from hart_jax.models.hart import training as hart_training
 from hart_jax.models.hart.config import HartConfig, from_config_dict
@@ -29,8 +32,13 @@ from hart_jax.steps import apply_update
 from hart_jax.text.encoders import TextEncoder, make_text_encoder
 
 
-def load_frozen_tokenizer(config, rng):
-  """(TokenizerConfig, vae variables) from config.tokenizer."""
+def load_frozen_tokenizer(config):
+  """(TokenizerConfig, vae variables) from config.tokenizer.
+
+  A random tokenizer (tests) comes from config.seed alone, so everything
+  that builds it (the stage, the token-cache CLI) gets the same one.
+  """
+  rng = jax.random.split(jax.random.key(config.seed))[0]
   tc = config.tokenizer
   if tc.get("folder"):
     tok_config, variables = official_tokenizer.load_tokenizer(tc.folder)
@@ -60,12 +68,26 @@ def condition(config: HartConfig, batch: dict,
   return jax.lax.stop_gradient(context), mask, pos
 
 
+def teacher_forcing(c: HartConfig, batch: dict, tokenizer, tok_vars):
+  """indices, var_input and frest_before_last: from the images through
+  the frozen tokenizer, or from a token cache's indices and latent (the
+  quantizer rebuilds the teacher-forcing input exactly as it would)."""
+  if "tokens" not in batch:
+    return tokenizer.apply(tok_vars, batch["image"], c.patch_nums,
+                           method=HybridTokenizer.tokenize)
+  indices = token_cache.split_scales(batch["tokens"], c.patch_nums)
+  var_input = tokenizer.apply(
+      tok_vars, indices, c.patch_nums,
+      method=lambda m, i, p: m.quantize.teacher_forcing_input(i, p))
+  return dict(indices=indices, var_input=var_input,
+              frest_before_last=batch["frest"].astype(jnp.float32))
+
+
 def loss_fn(params, batch, rng, *, model, tokenizer, tok_vars, text_params,
             encoder, n_kept):
   c = model.config
-  tok = jax.lax.stop_gradient(tokenizer.apply(
-      tok_vars, batch["image"], c.patch_nums,
-      method=HybridTokenizer.tokenize))
+  tok = jax.lax.stop_gradient(teacher_forcing(c, batch, tokenizer,
+                                              tok_vars))
   context, mask, pos = condition(c, batch, encoder, text_params)
   r_keep, r_loss = jax.random.split(rng)
   n_last = c.patch_nums[-1] ** 2
@@ -102,12 +124,18 @@ def build(config, mesh, rules, rng) -> Stage:
   """State, jitted-able step and sampler for the HART stage."""
   c = from_config_dict(config.model)
   model = HartTransformer(c)
-  r_tok, r_init, r_text = jax.random.split(rng, 3)
-  tok_config, tok_vars = load_frozen_tokenizer(config, r_tok)
+  r_init = jax.random.split(rng)[1]
+  r_text = jax.random.fold_in(rng, 1)
+  tok_config, tok_vars = load_frozen_tokenizer(config)
   if tok_config.vocab_size != c.vocab_size:
     raise ValueError(f"tokenizer vocab {tok_config.vocab_size} != model "
                      f"vocab_size {c.vocab_size}")
   tokenizer = HybridTokenizer(tok_config)
+  if config.data.source.startswith("tokens:"):
+    where = config.data.source[len("tokens:"):]
+    token_cache.check_compatible(
+        token_cache.read_meta(where), c.patch_nums, c.latent_channels,
+        token_cache.tokenizer_fingerprint(tok_vars), where)
   encoder = None
   if not c.num_classes:
     encoder = make_text_encoder(config.text_encoder, c.context_dim,
