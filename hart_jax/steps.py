@@ -62,8 +62,8 @@ def apply_update(state: TrainState, loss_fn: LossFn, batch: dict,
   # One reduction per tree: a norm is finite iff every element is (and a
   # huge overflowing step is as unusable as a NaN). Per-leaf isfinite
   # checks made XLA's CPU compile of the tokenizer step ~3x slower.
-  ok = (jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
-        & jnp.isfinite(optax.global_norm(updates)))
+  ok = (jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
+        & jnp.isfinite(optax.tree.norm(updates)))
   params = optax.apply_updates(state.params, updates)
   ema = ema_update(state.ema_params, params, ema_decay)
   keep = lambda new, old: jax.tree.map(
@@ -74,7 +74,7 @@ def apply_update(state: TrainState, loss_fn: LossFn, batch: dict,
       opt_state=keep(opt_state, state.opt_state),
       ema_params=keep(ema, state.ema_params), nonfinite_streak=streak,
       nonfinite_total=state.nonfinite_total + (~ok).astype(jnp.int32))
-  metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
+  metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
                  lr=lr_schedule(state.step), skipped=(~ok).astype(
                      jnp.float32), nonfinite_streak=streak)
   return new_state, metrics

@@ -56,7 +56,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                                                 sharding.DEFAULT_RULES))
   logging.info("mesh %s on %d devices (%d processes)", dict(mesh.shape),
                mesh.size, jax.process_count())
-  with mesh:
+  with jax.set_mesh(mesh):
     stage = STAGES[config.stage](config, mesh, rules,
                                  jax.random.key(config.seed))
   state = stage.state
@@ -175,7 +175,7 @@ def compile_step(stage, state, example_batch, mesh):
       frozen_shardings), out_shardings=(state_shardings, None),
                    donate_argnums=0)
   t0 = time.time()
-  with mesh:
+  with jax.set_mesh(mesh):
     compiled = jitted.lower(state, example_batch, stage.frozen).compile()
   _log_compile(compiled, time.time() - t0)
   return compiled

@@ -55,7 +55,7 @@ def _two_process_run(workdir):
 def _one_process_reference():
   config = tiny.get_config(f"stage=hart,steps={STEPS}")
   mesh = sharding.make_mesh(MESH)
-  with mesh:
+  with jax.set_mesh(mesh):
     stage = hart_stage.build(config, mesh, sharding.DEFAULT_RULES,
                              jax.random.key(config.seed))
   source = make_source(config.data.source, **dict(config.data.source_kwargs))

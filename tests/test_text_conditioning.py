@@ -13,13 +13,9 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from hart_jax import sharding
-from hart_jax import trainer
-from hart_jax.data import make_source
-from hart_jax.data.pipeline import global_batch, make_dataset
-from hart_jax.stages import hart_stage
 from hart_jax.text import feature_cache
 from hart_jax.text.encoders import ByteTextEncoder, make_text_encoder
+from tests.training_helpers import first_hart_step
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -106,22 +102,6 @@ def _text_config(**text_encoder):
   return config
 
 
-def _step_once(config):
-  mesh = sharding.make_mesh(dict(data=1), devices=jax.devices()[:1])
-  with mesh:
-    stage = hart_stage.build(config, mesh, sharding.DEFAULT_RULES,
-                             jax.random.key(config.seed))
-  source = make_source(config.data.source, **dict(config.data.source_kwargs))
-  batch = stage.host_inputs(next(iter(make_dataset(
-      source, image_size=config.data.image_size,
-      batch_size=config.train.batch_size, seed=0))))
-  gb = global_batch(trainer._numeric(batch), mesh,  # pylint: disable=protected-access
-                    sharding.batch_sharding(mesh))
-  compiled = trainer.compile_step(stage, stage.state, gb, mesh)
-  state, metrics = compiled(stage.state, gb, stage.frozen)
-  return stage, state, jax.device_get(metrics)
-
-
 def test_text_training_in_step_equals_precomputed_cache(tmp_path):
   """One train step on captions: encoding inside the step and reading the
   features from a cache written by the CLI give the same update."""
@@ -133,8 +113,8 @@ def test_text_training_in_step_equals_precomputed_cache(tmp_path):
                   f"--out={path}"], check=True, env=env, cwd=REPO,
                  capture_output=True, timeout=300)
   cached = _text_config(kind="cache", cache=dict(path=str(path)))
-  stage, state_a, m_a = _step_once(in_step)
-  _, state_b, m_b = _step_once(cached)
+  stage, _, state_a, m_a = first_hart_step(in_step)
+  _, _, state_b, m_b = first_hart_step(cached)
   assert np.isfinite(m_a["loss"]) and m_a["grad_norm"] > 0
   np.testing.assert_allclose(m_b["loss"], m_a["loss"], rtol=1e-5)
   flat_a = flax.traverse_util.flatten_dict(jax.device_get(state_a.params))

@@ -13,11 +13,10 @@ import pytest
 
 from configs import tiny
 from hart_jax import sharding
-from hart_jax import trainer
 from hart_jax.data import make_source
 from hart_jax.data import token_cache
-from hart_jax.data.pipeline import global_batch, make_dataset
 from hart_jax.stages import hart_stage
+from tests.training_helpers import first_hart_step
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 N = 64  # synthetic examples: small, so the cache is written in seconds
@@ -47,21 +46,8 @@ def cache_dir(tmp_path_factory):
 
 
 def _first_step(config):
-  mesh = sharding.make_mesh(dict(data=1), devices=jax.devices()[:1])
-  with mesh:
-    stage = hart_stage.build(config, mesh, sharding.DEFAULT_RULES,
-                             jax.random.key(config.seed))
-  source = make_source(config.data.source, **dict(
-      config.data.source_kwargs if config.data.source == "synthetic"
-      else {}))
-  batch = next(iter(make_dataset(source, image_size=config.data.image_size,
-                                 batch_size=config.train.batch_size,
-                                 seed=0)))
-  gb = global_batch(trainer._numeric(batch), mesh,  # pylint: disable=protected-access
-                    sharding.batch_sharding(mesh))
-  compiled = trainer.compile_step(stage, stage.state, gb, mesh)
-  state, metrics = compiled(stage.state, gb, stage.frozen)
-  return batch, jax.device_get(state.params), jax.device_get(metrics)
+  _, batch, state, metrics = first_hart_step(config)
+  return batch, jax.device_get(state.params), metrics
 
 
 def test_cache_holds_every_example_in_source_order(cache_dir):

@@ -21,9 +21,8 @@ from hart_jax import checkpointing
 from hart_jax import sharding
 from hart_jax import trainer
 from hart_jax.data import make_source
-from hart_jax.data.pipeline import global_batch, make_dataset
 from hart_jax.models.hart import layer_stack
-from hart_jax.stages import hart_stage
+from tests.training_helpers import first_hart_step
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -41,16 +40,8 @@ def _config(arg="stage=hart", **train):
 
 
 def _one_step(config, mesh):
-  with mesh:
-    stage = hart_stage.build(config, mesh, sharding.DEFAULT_RULES,
-                             jax.random.key(config.seed))
-  source = make_source(config.data.source, **dict(config.data.source_kwargs))
-  batch = next(iter(make_dataset(source, image_size=config.data.image_size,
-                                 batch_size=config.train.batch_size, seed=0)))
-  gb = global_batch(batch, mesh, sharding.batch_sharding(mesh))
-  compiled = trainer.compile_step(stage, stage.state, gb, mesh)
-  state, metrics = compiled(stage.state, gb, stage.frozen)
-  return jax.device_get(state.params), jax.device_get(metrics)
+  _, _, state, metrics = first_hart_step(config, mesh)
+  return jax.device_get(state.params), metrics
 
 
 @pytest.mark.parametrize("scan_layers", [False, True])
