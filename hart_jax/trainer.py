@@ -20,7 +20,7 @@ import tqdm
 from hart_jax import checkpointing
 from hart_jax import image_io
 from hart_jax import sharding
-from hart_jax.data import make_source
+from hart_jax.data import source_from_config
 from hart_jax.data.pipeline import global_batch, make_dataset
 from hart_jax.stages import hart_stage, tokenizer_stage
 from hart_jax.stages.common import peak_flops_per_device
@@ -62,8 +62,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   state = stage.state
 
   per_host = config.train.batch_size // jax.process_count()
-  source = make_source(config.data.source, **dict(config.data.get(
-      "source_kwargs", {})))
+  source = source_from_config(config.data)
   dataset = make_dataset(source, image_size=config.data.image_size,
                          batch_size=per_host, seed=config.seed,
                          shard_index=jax.process_index(),

@@ -4,7 +4,7 @@ import jax
 
 from hart_jax import sharding
 from hart_jax import trainer
-from hart_jax.data import make_source
+from hart_jax.data import source_from_config
 from hart_jax.data.pipeline import global_batch, make_dataset
 from hart_jax.stages import hart_stage
 
@@ -17,7 +17,7 @@ def first_hart_step(config, mesh=None):
   with jax.set_mesh(mesh):
     stage = hart_stage.build(config, mesh, sharding.DEFAULT_RULES,
                              jax.random.key(config.seed))
-  source = make_source(config.data.source, **dict(config.data.source_kwargs))
+  source = source_from_config(config.data)
   batch = next(iter(make_dataset(source, image_size=config.data.image_size,
                                  batch_size=config.train.batch_size,
                                  seed=0)))

@@ -18,10 +18,18 @@ from hart_jax.data.sources import (FashionMnistSource, GemojioneSource,
 
 __all__ = ["DatasetUnavailableError", "FashionMnistSource", "GemojioneSource",
            "ImageFolderSource", "SyntheticSource", "TfdsSource",
-           "global_batch", "make_dataset", "make_source", "sources"]
+           "global_batch", "make_dataset", "make_source", "source_from_config",
+           "sources"]
 
 _NAMES = ("fashion_mnist", "gemojione", "synthetic", "folder:<path>",
           "tfds:<name>[:<split>]", "tokens:<token cache dir>")
+
+
+def source_from_config(data_config):
+  """The source a config's `data` section names (`source`, and the
+  optional `source_kwargs`)."""
+  return make_source(data_config.source,
+                     **dict(data_config.get("source_kwargs", {})))
 
 
 def make_source(name: str, **kwargs):

@@ -32,10 +32,6 @@ import numpy as np
 
 from hart_jax import atomic_io
 
-FILES = ("tokens.npy", "frest.npy", "labels.npy", "captions.npy",
-         "meta.json")
-
-
 class TokenCacheError(ValueError):
   """A token cache that cannot be used, with the reason."""
 
@@ -181,7 +177,7 @@ def write_token_cache(out: str, tokenizer, tok_vars, dataset_iter,
 def main(argv):
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from hart_jax.data import make_source  # pylint: disable=g-import-not-at-top
+  from hart_jax.data import source_from_config  # pylint: disable=g-import-not-at-top
   from hart_jax.data.pipeline import make_dataset  # pylint: disable=g-import-not-at-top
   from hart_jax.models.hart.config import from_config_dict  # pylint: disable=g-import-not-at-top
   from hart_jax.models.tokenizer import HybridTokenizer  # pylint: disable=g-import-not-at-top
@@ -189,8 +185,7 @@ def main(argv):
   config = flags.FLAGS.config
   model = from_config_dict(config.model)
   tok_config, tok_vars = load_frozen_tokenizer(config)
-  source = make_source(config.data.source, **dict(config.data.get(
-      "source_kwargs", {})))
+  source = source_from_config(config.data)
   dataset = make_dataset(source, image_size=config.data.image_size,
                          batch_size=flags.FLAGS.batch_size, seed=0,
                          shard_index=0, shard_count=1, shuffle=False,

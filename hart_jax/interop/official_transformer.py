@@ -94,7 +94,7 @@ def export_state_dict(config: HartConfig, params) -> dict[str, np.ndarray]:
   params = layer_stack.to_layout(
       jax.device_get(flax.core.meta.unbox(params)), scanned=False)
   for path, value in flax.traverse_util.flatten_dict(params).items():
-    value = np.asarray(jax.device_get(value), np.float32)
+    value = np.asarray(value, np.float32)
     out[param_key(path)] = naming.to_torch_layout(value, path[-1])
   out.update(buffers(config))
   return out

@@ -132,7 +132,7 @@ def captions_of(source) -> list[str]:
 def main(argv):
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from hart_jax.data import make_source  # pylint: disable=g-import-not-at-top
+  from hart_jax.data import source_from_config  # pylint: disable=g-import-not-at-top
   from hart_jax.models.hart.config import from_config_dict  # pylint: disable=g-import-not-at-top
   from hart_jax.text.encoders import make_text_encoder  # pylint: disable=g-import-not-at-top
   config = flags.FLAGS.config
@@ -142,8 +142,7 @@ def main(argv):
                      "the encoder that should compute the features")
   encoder = make_text_encoder(config.text_encoder, model.context_dim,
                               model.context_token)
-  source = make_source(config.data.source, **dict(config.data.get(
-      "source_kwargs", {})))
+  source = source_from_config(config.data)
   n = write_feature_cache(flags.FLAGS.out, encoder, captions_of(source))
   print(f"wrote features of {n} unique captions to {flags.FLAGS.out}")
 
