@@ -53,20 +53,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   tok = _base(tok_steps, 32, 2e-3, 0)
   tok.stage = "tokenizer"
-  tok.mode = "scratch"
-  tok.model = ml_collections.ConfigDict(TOKENIZER)
-  tok.init_tokenizer = ""
-  tok.lpips_weights = ""
   # No GAN here: on two cores the discriminator would double the step time
   # (configs/tiny.py and the tests exercise it); LPIPS is on when a weights
   # file is given with --config.tokenizer_stage.lpips_weights=FILE.
-  tok.loss = ml_collections.ConfigDict(dict(
-      l1=1.0, l2=1.0, perceptual=1.0, vq=1.0, disc=0.0, disc_factor=1.0,
-      disc_start=0))
-  tok.skip_continuous_prob = 0.5
-  tok.restart_dead_every = max(tok_steps // 10, 1)
-  tok.restart_threshold = 0.05
-  tok.latent_pool = 4096
+  tc.scratch_tokenizer(tok, TOKENIZER, l2=1.0, disc=0.0, disc_start=0,
+                       skip_continuous_prob=0.5,
+                       restart_dead_every=max(tok_steps // 10, 1),
+                       restart_threshold=0.05, latent_pool=4096)
   tok.sample = ml_collections.ConfigDict(dict(every=max(tok_steps // 6, 1)))
 
   hart = _base(hart_steps, 32, 1e-3, 1)

@@ -60,16 +60,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       c.sample.prompts = ["a red circle", "a blue square"]
       c.sample.num_images = 4
   else:
-    c.mode = "scratch"
-    c.model = ml_collections.ConfigDict(TOKENIZER)
-    c.init_tokenizer = ""
-    c.lpips_weights = ""
-    c.loss = ml_collections.ConfigDict(dict(
-        l1=1.0, l2=0.0, perceptual=1.0, vq=1.0, disc=0.5, disc_factor=1.0,
-        disc_start=2))
-    c.skip_continuous_prob = 0.0
-    c.restart_dead_every = 2
-    c.restart_threshold = 0.03
-    c.latent_pool = 256
+    tc.scratch_tokenizer(c, TOKENIZER, l2=0.0, disc=0.5, disc_start=2,
+                         skip_continuous_prob=0.0, restart_dead_every=2,
+                         restart_threshold=0.03, latent_pool=256)
   c.lock()
   return c

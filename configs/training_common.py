@@ -28,3 +28,22 @@ def train(total_steps=1000, batch_size=32, log_every=10, ckpt_every=200,
 
 def rules():
   return [list(r) for r in sharding.DEFAULT_RULES]
+
+
+def scratch_tokenizer(c: ml_collections.ConfigDict, model: dict, *,
+                      l2: float, disc: float, disc_start: int,
+                      skip_continuous_prob: float, restart_dead_every: int,
+                      restart_threshold: float, latent_pool: int) -> None:
+  """The fields of a tokenizer stage trained from scratch (mode "scratch"),
+  set on `c`; LPIPS is on when `lpips_weights` names a weights file."""
+  c.mode = "scratch"
+  c.model = ml_collections.ConfigDict(model)
+  c.init_tokenizer = ""
+  c.lpips_weights = ""
+  c.loss = ml_collections.ConfigDict(dict(
+      l1=1.0, l2=l2, perceptual=1.0, vq=1.0, disc=disc, disc_factor=1.0,
+      disc_start=disc_start))
+  c.skip_continuous_prob = skip_continuous_prob
+  c.restart_dead_every = restart_dead_every
+  c.restart_threshold = restart_threshold
+  c.latent_pool = latent_pool
