@@ -113,6 +113,14 @@ def _finish(m_ref, l_ref, acc_ref, o_ref, lse_ref):
 # ----------------------------------------------------------------------------
 
 
+def _run_step(step, run, partial):
+  """Runs `step` on a block pair that `run` selects: with the level mask
+  where `partial` (the pair straddles a level boundary), without it where
+  every key is visible to every query."""
+  pl.when(run & partial)(lambda: step(True))
+  pl.when(run & jnp.logical_not(partial))(lambda: step(False))
+
+
 def _fwd_kernel(lo_ref, hi_ref, q_min_ref, kv_max_ref, q_ref, k_ref, v_ref,
                 q_lev_ref, kv_lev_ref, o_ref, lse_ref, m_ref, l_ref, acc_ref,
                 *, scale, precision):
@@ -129,8 +137,7 @@ def _fwd_kernel(lo_ref, hi_ref, q_min_ref, kv_max_ref, q_ref, k_ref, v_ref,
 
   run = (j >= lo_ref[i]) & (j < hi_ref[i])
   partial = kv_max_ref[j] > q_min_ref[i]
-  pl.when(run & partial)(lambda: step(True))
-  pl.when(run & jnp.logical_not(partial))(lambda: step(False))
+  _run_step(step, run, partial)
 
   @pl.when(j == pl.num_programs(3) - 1)
   def _():
@@ -159,8 +166,7 @@ def _dq_kernel(lo_ref, hi_ref, q_min_ref, kv_max_ref, q_ref, k_ref, v_ref,
 
   run = (j >= lo_ref[i]) & (j < hi_ref[i])
   partial = kv_max_ref[j] > q_min_ref[i]
-  pl.when(run & partial)(lambda: step(True))
-  pl.when(run & jnp.logical_not(partial))(lambda: step(False))
+  _run_step(step, run, partial)
 
   @pl.when(j == pl.num_programs(3) - 1)
   def _():
@@ -190,8 +196,7 @@ def _dkv_kernel(lo_ref, hi_ref, q_min_ref, kv_max_ref, q_ref, k_ref, v_ref,
 
   run = (i >= lo_ref[j]) & (i < hi_ref[j])
   partial = kv_max_ref[j] > q_min_ref[i]
-  pl.when(run & partial)(lambda: step(True))
-  pl.when(run & jnp.logical_not(partial))(lambda: step(False))
+  _run_step(step, run, partial)
 
   @pl.when(i == pl.num_programs(3) - 1)
   def _():
