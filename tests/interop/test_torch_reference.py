@@ -144,9 +144,13 @@ def test_reference_reproduces_golden(golden_dir):
   for name, value in got.items():
     assert_close(value.numpy(), gold[name], name)
   # Our own margin measure agrees with the one the golden data recorded.
+  # The gap is a difference of two near-equal distances of fp32 latents
+  # whose last bits depend on the CPU's conv kernels, so a few 1e-3 of it
+  # moves between machines (0.28% seen on one scale); 1e-2 still tells a
+  # wrong measure from a right one.
   meta = json.loads((folder / "meta.json").read_text())
   np.testing.assert_allclose(gaps, meta["argmin_min_gap_per_scale"],
-                             rtol=1e-3)
+                             rtol=1e-2)
 
 
 # --- hart_jax -> reference ---------------------------------------------------

@@ -94,8 +94,10 @@ def test_identical_images_give_zero_and_zero_grad(weights_file, images):
   np.testing.assert_array_equal(_jit_call(loss, x, x), 0.0)
   grad = jax.jit(jax.grad(lambda lo, a: jnp.sum(lo(a, x)), argnums=1))(
       loss, x)
-  # Not bitwise 0: the backward program may normalise x twice differently.
-  np.testing.assert_allclose(grad, 0.0, atol=1e-9)
+  # Not bitwise 0: the backward program may normalise x twice differently
+  # (up to 3e-9 seen, CPU-dependent); a gradient between different images
+  # is many orders larger, so 1e-7 still tells the two apart.
+  np.testing.assert_allclose(grad, 0.0, atol=1e-7)
 
 
 def test_unit_normalise_has_finite_grad_at_zero():
