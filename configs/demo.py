@@ -39,8 +39,7 @@ def _base(steps: int, batch: int, lr: float, seed: int):
   c.data = _data()
   c.train = tc.train(total_steps=steps, batch_size=batch, log_every=25,
                      ckpt_every=max(steps // 4, 1))
-  c.optimizer = tc.optimizer(lr=lr, total_steps=steps,
-                             warmup_steps=max(steps // 20, 1),
+  c.optimizer = tc.optimizer(lr=lr, warmup_steps=max(steps // 20, 1),
                              weight_decay=0.0, ema_decay=0.99)
   c.export_dir = ""
   return c

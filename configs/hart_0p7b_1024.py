@@ -12,9 +12,9 @@ Args (all but `res` can also be set as --config.x.y overrides):
   data           a hart_jax.data source name: folder:/path (captions from
                  sidecar .txt files), tfds:name[:split], ...
   tokenizer      an official HART tokenizer/ folder (frozen in the step).
-  text_features  a feature cache (hart_jax.text.feature_cache) of the
-                 captions: [N, 300, 1536] text features, e.g. from HART's
-                 Qwen2 encoder run offline. The byte encoder is the in-step
+  text_features  a feature cache of the captions (python -m
+                 hart_jax.cache_text_features): [N, 300, 1536] text
+                 features, e.g. from HART's Qwen2 encoder run offline. The byte encoder is the in-step
                  alternative (--config.text_encoder.kind=bytes).
   init_from      the previous curriculum stage's workdir. With the released
                  flags (timestep level embedding, RoPE) no parameter depends
@@ -87,8 +87,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      log_every=50, ckpt_every=2000)
   c.train.keep_every = 20_000
   c.train.init_from = arg.init_from
-  c.optimizer = tc.optimizer(lr=1e-4 * arg.batch / 256, total_steps=steps,
-                             warmup_steps=2000, ema_decay=0.9999)
+  c.optimizer = tc.optimizer(lr=1e-4 * arg.batch / 256, warmup_steps=2000,
+                             ema_decay=0.9999)
   c.sample = ml_collections.ConfigDict(dict(
       every=5000, cfg=4.5, top_k=600, num_images=len(PROMPTS),
       prompts=list(PROMPTS)))
@@ -99,7 +99,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 def curriculum_stage(res: int, arg: str | None):
   """get_config for the files whose name fixes the resolution."""
-  if arg and "res=" in arg:
+  names = [item.partition("=")[0] for item in (arg or "").split(",")]
+  if "res" in names:
     raise ValueError(f"this config is the {res}px stage; drop res= from "
                      "its args")
   return get_config(f"res={res}" + (f",{arg}" if arg else ""))

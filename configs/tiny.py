@@ -35,9 +35,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       source_kwargs=dict(num_examples=256, image_size=32, num_classes=10)))
   c.train = tc.train(total_steps=arg.steps, batch_size=8, log_every=1,
                      ckpt_every=2)
-  c.optimizer = tc.optimizer(lr=3e-4, total_steps=arg.steps, warmup_steps=1)
-  c.sample = ml_collections.ConfigDict(dict(every=0, cfg=1.5, top_k=0,
-                                            num_images=10))
+  c.optimizer = tc.optimizer(lr=3e-4, warmup_steps=1)
+  # One sample grid, at the end of the run.
+  c.sample = ml_collections.ConfigDict(dict(every=arg.steps, cfg=1.5,
+                                            top_k=0, num_images=10))
   c.export_dir = ""
   if arg.stage == "hart":
     c.model = ml_collections.ConfigDict(dict(

@@ -9,12 +9,13 @@ def mesh(data=-1, fsdp=1, tensor=1) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor))
 
 
-def optimizer(lr=1e-4, total_steps=1000, warmup_steps=100,
-              weight_decay=0.05, ema_decay=0.999) -> ml_collections.ConfigDict:
+def optimizer(lr=1e-4, warmup_steps=100, weight_decay=0.05,
+              ema_decay=0.999) -> ml_collections.ConfigDict:
   # VAR's trainer: AdamW (0.9, 0.95), wd 0.05, clip 2; HART's are unknown.
+  # The schedule's length is train.total_steps (one source of truth).
   return ml_collections.ConfigDict(dict(
       lr=lr, b1=0.9, b2=0.95, eps=1e-8, weight_decay=weight_decay,
-      warmup_steps=warmup_steps, total_steps=total_steps,
+      warmup_steps=warmup_steps,
       final_lr_ratio=0.1, clip_norm=2.0, ema_decay=ema_decay))
 
 

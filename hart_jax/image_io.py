@@ -5,6 +5,7 @@ import logging
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from hart_jax.errors import InputError
 from hart_jax.atomic_io import atomic_path
 
 
@@ -15,9 +16,9 @@ def load_rgb(path: str) -> np.ndarray:
       img.load()
       return np.asarray(img.convert("RGB"))
   except FileNotFoundError as e:
-    raise ValueError(f"image not found: {path}") from e
+    raise InputError(f"image not found: {path}") from e
   except (UnidentifiedImageError, OSError, SyntaxError) as e:
-    raise ValueError(f"cannot read image {path}: not a valid image file "
+    raise InputError(f"cannot read image {path}: not a valid image file "
                      f"({e})") from e
 
 

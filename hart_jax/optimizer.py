@@ -36,22 +36,28 @@ def _per_layer_ndim(path, value) -> int:
   return ndim - 1 if layer_stack.SCANNED in path else ndim
 
 
-def learning_rate_schedule(config) -> optax.Schedule:
-  """Linear warmup to `lr`, then cosine decay to `lr * final_lr_ratio`."""
+def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
+  """Linear warmup to `lr`, then cosine decay to `lr * final_lr_ratio` at
+  `total_steps`.
+
+  The length is the run's `train.total_steps`, passed in: the schedule has
+  no length of its own, so overriding the step count can never leave it
+  decaying over another number of steps.
+  """
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=config.lr,
       warmup_steps=max(int(config.warmup_steps), 1),
-      decay_steps=max(int(config.total_steps), int(config.warmup_steps) + 1),
+      decay_steps=max(int(total_steps), int(config.warmup_steps) + 1),
       end_value=config.lr * config.final_lr_ratio)
 
 
-def make_optimizer(config, params) -> optax.GradientTransformation:
+def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
   """Clip by global norm, then AdamW (betas from config, masked decay)."""
-  del params  # the mask is a function of the params tree at init time
   return optax.chain(
       optax.clip_by_global_norm(config.clip_norm),
-      optax.adamw(learning_rate_schedule(config), b1=config.b1, b2=config.b2,
-                  eps=config.eps, weight_decay=config.weight_decay,
+      optax.adamw(learning_rate_schedule(config, total_steps), b1=config.b1,
+                  b2=config.b2, eps=config.eps,
+                  weight_decay=config.weight_decay,
                   mask=decay_mask))
 
 

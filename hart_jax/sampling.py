@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hart_jax.errors import ConfigError
 from hart_jax.models.hart import token_sampling
 from hart_jax.models.hart.config import HartConfig
 from hart_jax.models.hart.transformer import (HartTransformer, empty_caches,
@@ -41,14 +42,14 @@ class SamplingConfig:
 
   def __post_init__(self):
     if not np.isfinite(self.cfg) or self.cfg < 0:
-      raise ValueError(f"cfg must be a finite number >= 0, got {self.cfg}")
+      raise ConfigError(f"cfg must be a finite number >= 0, got {self.cfg}")
     if self.top_k is not None and self.top_k < 1:
-      raise ValueError(f"top_k must be >= 1 (or None), got {self.top_k}")
+      raise ConfigError(f"top_k must be >= 1 (or None), got {self.top_k}")
     if not 0.0 <= self.top_p < 1.0:
-      raise ValueError(f"top_p must be in [0, 1), got {self.top_p}")
+      raise ConfigError(f"top_p must be in [0, 1), got {self.top_p}")
     if self.diffusion_temperature < 0:
-      raise ValueError("diffusion_temperature must be >= 0, got "
-                       f"{self.diffusion_temperature}")
+      raise ConfigError("diffusion_temperature must be >= 0, got "
+                        f"{self.diffusion_temperature}")
 
   def top_k_at(self, si: int) -> int:
     if self.top_k is not None:

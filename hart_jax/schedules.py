@@ -7,6 +7,8 @@ last entry is the latent's side (image side = last * tokenizer downsample).
 import dataclasses
 from typing import Any, Mapping, TypeVar
 
+from hart_jax.errors import ConfigError
+
 SCHEDULE_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 SCHEDULE_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
 SCHEDULE_1024 = (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64)
@@ -21,5 +23,5 @@ def dataclass_from_mapping(cls: type[T], values: Mapping[str, Any],
   values = dict(values)
   unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
   if unknown:
-    raise ValueError(f"unknown {what} config key(s): {sorted(unknown)}")
+    raise ConfigError(f"unknown {what} config key(s): {sorted(unknown)}")
   return cls(**values)

@@ -15,6 +15,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from hart_jax.errors import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # logical axis -> mesh axes (None: replicated). Params are sharded along
@@ -57,15 +59,15 @@ def make_mesh(axis_sizes: Mapping[str, int],
   devices = list(devices if devices is not None else jax.devices())
   unknown = set(axis_sizes) - set(MESH_AXES)
   if unknown:
-    raise ValueError(f"unknown mesh axes {sorted(unknown)}; use {MESH_AXES}")
+    raise ConfigError(f"unknown mesh axes {sorted(unknown)}; use {MESH_AXES}")
   sizes = [int(axis_sizes.get(a, 1)) for a in MESH_AXES]
   if sizes.count(-1) > 1:
-    raise ValueError(f"at most one mesh axis may be -1, got {axis_sizes}")
+    raise ConfigError(f"at most one mesh axis may be -1, got {axis_sizes}")
   known = int(np.prod([s for s in sizes if s != -1]))
   if -1 in sizes:
     if len(devices) % known:
-      raise ValueError(f"{len(devices)} devices do not divide into mesh "
-                       f"{axis_sizes}")
+      raise ConfigError(f"{len(devices)} devices do not divide into mesh "
+                        f"{axis_sizes}")
     sizes[sizes.index(-1)] = len(devices) // known
   if -1 not in sizes and int(np.prod(sizes)) < len(devices):
     # An explicit smaller mesh (e.g. one device for a quick run) uses the
@@ -74,8 +76,8 @@ def make_mesh(axis_sizes: Mapping[str, int],
         MESH_AXES, sizes)), int(np.prod(sizes)), len(devices))
     devices = devices[:int(np.prod(sizes))]
   if int(np.prod(sizes)) != len(devices):
-    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs "
-                     f"{int(np.prod(sizes))} devices, have {len(devices)}")
+    raise ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))} needs "
+                      f"{int(np.prod(sizes))} devices, have {len(devices)}")
   return jax.make_mesh(tuple(sizes), MESH_AXES, devices=devices,
                        axis_types=(jax.sharding.AxisType.Auto,) * 3)
 

@@ -10,18 +10,17 @@ the official shape is first written to DIR, so this runs with no downloads.
 """
 
 import os
-import sys
 import time
 
-from absl import app
 from absl import flags
-from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hart_jax import cli
 from hart_jax import image_io
 from hart_jax import schedules
+from hart_jax.errors import InputError
 from hart_jax.interop import official_tokenizer
 from hart_jax.models.tokenizer import HybridTokenizer
 from hart_jax.models.tokenizer import config as tok_config
@@ -56,7 +55,7 @@ def write_random_tokenizer(folder: str, seed: int, shape: str,
                            overwrite: bool) -> None:
   if (os.path.exists(os.path.join(folder, "config.json"))
       and not overwrite):
-    raise ValueError(f"{folder} already holds a tokenizer; pass --overwrite "
+    raise InputError(f"{folder} already holds a tokenizer; pass --overwrite "
                      "to replace it with a random one")
   config = tok_config.TokenizerConfig(**(TINY if shape == "tiny" else {}))
   variables = official_tokenizer.init_variables(config, jax.random.key(seed))
@@ -66,6 +65,8 @@ def write_random_tokenizer(folder: str, seed: int, shape: str,
 
 def run(tokenizer_dir: str, image_path: str, out_path: str) -> dict:
   """Round trip of one image; returns the PSNRs and output paths."""
+  if os.path.isdir(out_path):
+    raise InputError(f"--out {out_path} is a directory; give a .png path")
   rgb = image_io.load_rgb(image_path)
   config, variables = official_tokenizer.load_tokenizer(tokenizer_dir)
   rgb = image_io.fit_to_size(rgb, supported_sizes(config), image_path)
@@ -92,23 +93,10 @@ def run(tokenizer_dir: str, image_path: str, out_path: str) -> dict:
 
 def main(argv):
   del argv
-  # jax logs backend probing (e.g. "no libtpu") at INFO: keep the console
-  # for results; --verbosity=0 brings it back.
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  # Reuse compiled programs across runs (the first run compiles ~30 s on a
-  # small CPU); JAX_COMPILATION_CACHE_DIR overrides the location.
-  if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(
-        "~/.cache/hart_jax/xla"))
-  try:
-    if _INIT_RANDOM.value:
-      write_random_tokenizer(_TOKENIZER.value, _SEED.value,
-                             _INIT_CONFIG.value, _OVERWRITE.value)
-    r = run(_TOKENIZER.value, _IMAGE.value, _OUT.value)
-  except ValueError as e:  # bad input: one clear line, no traceback
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  if _INIT_RANDOM.value:
+    write_random_tokenizer(_TOKENIZER.value, _SEED.value,
+                           _INIT_CONFIG.value, _OVERWRITE.value)
+  r = run(_TOKENIZER.value, _IMAGE.value, _OUT.value)
   print(f"round trip (compile included) took {r['seconds']:.1f} s")
   print(f"{r['size']}px hybrid reconstruction   -> {r['hybrid_path']}  "
         f"PSNR {r['psnr_hybrid']:.2f} dB")
@@ -117,4 +105,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -1,23 +1,30 @@
 r"""Training entry point: parses flags, then calls train_and_evaluate.
 
-  python -m hart_jax.train --config=configs/demo.py --workdir=/tmp/demo
-  python -m hart_jax.train --config=configs/tiny.py:stage=hart \
-      --workdir=DIR --config.train.total_steps=100
+  python -m hart_jax.train --config=demo --workdir=out/demo
+  python -m hart_jax.train --config=tiny:stage=hart --workdir=DIR \
+      --config.train.total_steps=100
 
-Re-running with the same workdir resumes from its newest checkpoint.
+`--config` is a bundled config's name (configs/NAME.py) or a path to a .py
+file, optionally followed by `:ARGS` for its get_config. Re-running with
+the same workdir resumes from its newest checkpoint; Ctrl-C (or SIGTERM)
+saves the current step first. `--dry_run` checks everything and exits.
 """
 
-from absl import app
 from absl import flags
-from absl import logging
 import jax
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None,
-                                          "Training config file.",
-                                          lock_config=True)
+from hart_jax import cli
+
+_CONFIG = cli.define_config("config", help_text="Training config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.",
                                required=True)
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run", False, "Check the config, mesh, paths and data, print the "
+    "run's header and exit, without compiling or writing anything.")
+_DISCARD_UNREADABLE = flags.DEFINE_bool(
+    "discard_unreadable_checkpoints", False, "When no checkpoint in the "
+    "workdir can be restored, move them to checkpoints_damaged/ and start "
+    "from step 0 (without it the run stops and names them).")
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "Call jax.distributed.initialize() (TPU pods, GPU "
     "clusters); on a TPU pod or under SLURM it finds its peers itself.")
@@ -31,19 +38,18 @@ _PROCESS_ID = flags.DEFINE_integer(
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  del argv
   if _MULTIHOST.value:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value,
                                process_id=_PROCESS_ID.value)
-  # Safety rails: every host<->device transfer is explicit, and random
-  # numbers do not depend on how arrays are partitioned.
+  # Random numbers do not depend on how arrays are partitioned.
   jax.config.update("jax_threefry_partitionable", True)
   from hart_jax import trainer  # pylint: disable=g-import-not-at-top
-  logging.info("config:\n%s", _CONFIG.value)
-  trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  trainer.train_and_evaluate(
+      _CONFIG.value, _WORKDIR.value, dry_run=_DRY_RUN.value,
+      discard_unreadable_checkpoints=_DISCARD_UNREADABLE.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -43,8 +43,8 @@ def _two_process_run(workdir):
        f"--config={REPO / 'configs' / 'tiny.py'}:stage=hart,steps={STEPS}",
        f"--workdir={workdir}", "--verbosity=-1", "--multihost",
        f"--coordinator_address=localhost:{port}", "--num_processes=2",
-       f"--process_id={i}"] + [f"--config.mesh.{k}={v}"
-                                for k, v in MESH.items()],
+       f"--process_id={i}", "--config.sample.every=0"]
+      + [f"--config.mesh.{k}={v}" for k, v in MESH.items()],
       env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
            for i in range(2)]
   for proc in procs:

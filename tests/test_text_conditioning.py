@@ -113,7 +113,7 @@ def test_text_training_in_step_equals_precomputed_cache(tmp_path, kind):
   in_step = _text_config(kind=kind)
   path = tmp_path / "features.npz"
   env = dict(os.environ, PYTHONPATH=str(REPO))
-  subprocess.run([sys.executable, "-m", "hart_jax.text.feature_cache",
+  subprocess.run([sys.executable, "-m", "hart_jax.cache_text_features",
                   f"--config={REPO / 'configs' / 'tiny.py'}:cond=text",
                   f"--config.text_encoder.kind={kind}",
                   f"--out={path}"], check=True, env=env, cwd=REPO,

@@ -36,7 +36,7 @@ def _config(source=None):
 def cache_dir(tmp_path_factory):
   out = tmp_path_factory.mktemp("cache") / "tokens"
   env = dict(os.environ, PYTHONPATH=str(REPO))
-  subprocess.run([sys.executable, "-m", "hart_jax.data.token_cache",
+  subprocess.run([sys.executable, "-m", "hart_jax.cache_tokens",
                   f"--config={REPO / 'configs' / 'tiny.py'}:stage=hart",
                   f"--config.data.source_kwargs.num_examples={N}",
                   f"--out={out}", "--batch_size=24"],

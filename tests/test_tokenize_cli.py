@@ -72,7 +72,7 @@ def test_corrupt_image_is_one_clear_error(tmp_path, tiny_tokenizer):
   bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
   res = _cli(f"--tokenizer={tiny_tokenizer}", f"--image={bad}",
              f"--out={tmp_path / 'o.png'}")
-  assert res.returncode == 1
+  assert res.returncode == 2
   assert res.stderr.strip().splitlines()[-1].startswith(
       f"error: cannot read image {bad}")
   assert "Traceback" not in res.stderr

@@ -34,6 +34,8 @@ def _config(arg="stage=hart", **train):
     # One device: 8 fake CPU devices on 2 cores make conv nets crawl; the
     # sharding test below builds its meshes explicitly.
     config.mesh.data = 1
+    # The grids' sampler compile is not what these tests are about.
+    config.sample.every = 0
     for k, v in train.items():
       section, key = k.split("__")
       config[section][key] = v
@@ -77,7 +79,8 @@ def _final_params(workdir, key="params"):
 def _train_cmd(workdir, steps):
   return [sys.executable, "-m", "hart_jax.train",
           f"--config={REPO / 'configs' / 'tiny.py'}:stage=hart,steps={steps}",
-          f"--workdir={workdir}", "--verbosity=-1", "--config.mesh.data=1"]
+          f"--workdir={workdir}", "--verbosity=-1", "--config.mesh.data=1",
+          "--config.sample.every=0"]
 
 
 def test_sigkill_and_resume_is_bitwise_identical(tmp_path):

@@ -13,6 +13,8 @@ import shutil
 import subprocess
 import tempfile
 
+from hart_jax.errors import InputError
+
 FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
 FASHION_MNIST_DIR = "usr/share/datasets/fashion-mnist"
 FASHION_MNIST_FILES = ("train-images-idx3-ubyte.gz",
@@ -25,7 +27,7 @@ GEMOJIONE_GLOB = "usr/share/rubygems-integration/all/gems/gemojione-*"
 GEMOJIONE_FILES = ("config/index.json", "assets/png")
 
 
-class DatasetUnavailableError(RuntimeError):
+class DatasetUnavailableError(InputError, RuntimeError):
   """A dataset's files are absent and could not be fetched."""
 
 

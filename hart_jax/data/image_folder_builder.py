@@ -26,6 +26,7 @@ import re
 import numpy as np
 import tensorflow_datasets as tfds
 
+from hart_jax.errors import InputError
 from hart_jax.data import sources
 from hart_jax.data import transforms
 
@@ -57,7 +58,7 @@ class HartImageFolder(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     config = self.builder_config
     if config is None or not config.folder:
-      raise ValueError("HartImageFolder needs an ImageFolderConfig with a "
+      raise InputError("HartImageFolder needs an ImageFolderConfig with a "
                        "folder; use build_image_folder_dataset()")
     s = config.image_size
     names = sources.ImageFolderSource(config.folder).class_names
@@ -99,7 +100,7 @@ class HartImageFolder(tfds.core.GeneratorBasedBuilder):
       logging.warning("%s: %d unreadable images skipped, %d written",
                       config.folder, skipped, written)
     if not written:
-      raise ValueError(f"no readable images in {config.folder}")
+      raise InputError(f"no readable images in {config.folder}")
 
 
 def config_name(folder, image_size: int) -> str:
@@ -129,7 +130,7 @@ def build_image_folder_dataset(folder, data_dir, image_size: int, *,
     `TfdsSource(f"hart_image_folder/{name}", "train", data_dir)`.
   """
   if resize not in transforms.RESIZE_MODES:
-    raise ValueError(f"resize must be one of {transforms.RESIZE_MODES}")
+    raise InputError(f"resize must be one of {transforms.RESIZE_MODES}")
   folder = os.fspath(pathlib.Path(folder).expanduser().resolve())
   config = ImageFolderConfig(name=name or config_name(folder, image_size),
                              folder=folder, image_size=image_size,

@@ -40,6 +40,7 @@ import jax
 import numpy as np
 
 from hart_jax.data import transforms
+from hart_jax.errors import ConfigError
 
 # A source where nothing decodes would otherwise spin forever on repeat.
 MAX_CONSECUTIVE_SKIPS = 1000
@@ -190,18 +191,19 @@ def make_dataset(source, *, image_size: int, batch_size: int, seed: int,
   if shard_count is None:
     shard_count = jax.process_count()
   if not 0 <= shard_index < shard_count:
-    raise ValueError(f"shard_index {shard_index} not in [0, {shard_count})")
+    raise ConfigError(f"shard_index {shard_index} not in "
+                      f"[0, {shard_count})")
   per_shard = len(source) // shard_count
   # Repeated forever, batches simply span epochs; finite epochs must fill
   # at least one batch or the iterator would be empty.
   if per_shard < 1 or (drop_remainder and num_epochs is not None
                        and per_shard * num_epochs < batch_size):
-    raise ValueError(f"{len(source)} examples over {shard_count} shard(s) "
-                     f"and {num_epochs} epoch(s) fill no batch of "
-                     f"{batch_size}")
+    raise ConfigError(f"{len(source)} examples over {shard_count} shard(s) "
+                      f"and {num_epochs} epoch(s) fill no batch of "
+                      f"{batch_size}")
   if resize not in transforms.RESIZE_MODES:
-    raise ValueError(f"resize must be one of {transforms.RESIZE_MODES}, got "
-                     f"{resize!r}")
+    raise ConfigError(f"resize must be one of {transforms.RESIZE_MODES}, "
+                      f"got {resize!r}")
   ds = grain.MapDataset.source(source)
   ds = ds[:per_shard * shard_count][shard_index::shard_count]
   if shuffle:

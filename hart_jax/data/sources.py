@@ -19,6 +19,7 @@ import pathlib
 
 import numpy as np
 
+from hart_jax.errors import InputError
 from hart_jax.data.debian import (DatasetUnavailableError, ensure_fashion_mnist,
                                   ensure_gemojione)
 from hart_jax.data.synthetic import SyntheticSource
@@ -67,7 +68,7 @@ class FashionMnistSource:
 
   def __init__(self, split: str = "train", path=None, cache_dir=None):
     if split not in ("train", "test", "all"):
-      raise ValueError(f"split must be train, test or all, got {split!r}")
+      raise InputError(f"split must be train, test or all, got {split!r}")
     self.split = split
     self.path = pathlib.Path(path or ensure_fashion_mnist(cache_dir))
     self._images = self._labels = None
@@ -83,7 +84,7 @@ class FashionMnistSource:
     self._images = np.concatenate(images)
     self._labels = np.concatenate(labels).astype(np.int32)
     if len(self._images) != self._len or len(self._labels) != self._len:
-      raise ValueError(f"{self.path}: expected {self._len} examples, found "
+      raise InputError(f"{self.path}: expected {self._len} examples, found "
                        f"{len(self._images)} images, {len(self._labels)} "
                        "labels")
 
@@ -170,7 +171,7 @@ class ImageFolderSource:
   def __init__(self, root):
     self.root = pathlib.Path(root).expanduser()
     if not self.root.is_dir():
-      raise ValueError(f"image folder not found: {self.root}")
+      raise InputError(f"image folder not found: {self.root}")
     subdirs = sorted(d for d in self.root.iterdir() if d.is_dir()
                      and any(_is_image(p) for p in d.rglob("*")))
     if subdirs:
@@ -183,7 +184,7 @@ class ImageFolderSource:
                      if _is_image(p)]
     self.flat = not subdirs
     if not self._files:
-      raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in "
+      raise InputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in "
                        f"{self.root}")
 
   def __len__(self) -> int:

@@ -9,6 +9,8 @@ which gives a text-conditioned model something to learn too.
 
 import numpy as np
 
+from hart_jax.errors import ConfigError
+
 SHAPES = ("circle", "square", "triangle", "diamond", "ring", "plus",
           "cross", "striped square", "checkered square", "half disc")
 COLORS = (("red", (215, 40, 40)), ("green", (40, 160, 60)),
@@ -42,7 +44,7 @@ def _mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         (np.floor((u + 1.0) * 2) + np.floor((v + 1.0) * 2)) % 2 == 0)
   if shape == "half disc":
     return (u * u + v * v <= 1.0) & (v >= 0.0)
-  raise ValueError(f"unknown shape {shape!r}")
+  raise ConfigError(f"unknown shape {shape!r}")
 
 
 class SyntheticSource:
@@ -57,10 +59,10 @@ class SyntheticSource:
   def __init__(self, num_examples: int = 1024, image_size: int = 32,
                num_classes: int = 10, seed: int = 0):
     if not 1 <= num_classes <= len(SHAPES) * len(COLORS):
-      raise ValueError(f"num_classes must be in [1, "
-                       f"{len(SHAPES) * len(COLORS)}], got {num_classes}")
+      raise ConfigError(f"num_classes must be in [1, "
+                        f"{len(SHAPES) * len(COLORS)}], got {num_classes}")
     if image_size < 8:
-      raise ValueError(f"image_size must be >= 8, got {image_size}")
+      raise ConfigError(f"image_size must be >= 8, got {image_size}")
     self.num_examples = num_examples
     self.image_size = image_size
     self.num_classes = num_classes

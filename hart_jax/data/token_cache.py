@@ -12,7 +12,7 @@ per example, what the step needs (hart_spec.md 2.8):
   meta.json     patch_nums, latent_channels, vocab_size, and the SHA-256
                 of the tokenizer's codebook + phi weights it was made with
 
-  python -m hart_jax.data.token_cache --config=configs/X.py --out=DIR
+  python -m hart_jax.cache_tokens --config=X --out=DIR
 
 encodes `config.data` (in source order, one epoch, no augmentation) with
 `config.tokenizer`; train on it with `--config.data.source=tokens:DIR`.
@@ -31,8 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from hart_jax import atomic_io
+from hart_jax.errors import InputError
 
-class TokenCacheError(ValueError):
+class TokenCacheError(InputError):
   """A token cache that cannot be used, with the reason."""
 
 
@@ -102,7 +103,7 @@ def read_meta(path: pathlib.Path) -> dict:
   meta_path = pathlib.Path(path) / "meta.json"
   if not meta_path.exists():
     raise TokenCacheError(f"{path}: no meta.json (not a token cache; make "
-                          "one with python -m hart_jax.data.token_cache)")
+                          "one with python -m hart_jax.cache_tokens)")
   try:
     meta = json.loads(meta_path.read_text())
     meta["patch_nums"] = tuple(meta["patch_nums"])
@@ -172,39 +173,3 @@ def write_token_cache(out: str, tokenizer, tok_vars, dataset_iter,
   writers["meta.json"] = lambda p: atomic_io.atomic_write_json(p, meta)
   atomic_io.atomic_write_folder(out, writers)
   return meta["num_examples"]
-
-
-def main(argv):
-  del argv
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from hart_jax.data import source_from_config  # pylint: disable=g-import-not-at-top
-  from hart_jax.data.pipeline import make_dataset  # pylint: disable=g-import-not-at-top
-  from hart_jax.models.hart.config import from_config_dict  # pylint: disable=g-import-not-at-top
-  from hart_jax.models.tokenizer import HybridTokenizer  # pylint: disable=g-import-not-at-top
-  from hart_jax.stages.hart_stage import load_frozen_tokenizer  # pylint: disable=g-import-not-at-top
-  config = flags.FLAGS.config
-  model = from_config_dict(config.model)
-  tok_config, tok_vars = load_frozen_tokenizer(config)
-  source = source_from_config(config.data)
-  dataset = make_dataset(source, image_size=config.data.image_size,
-                         batch_size=flags.FLAGS.batch_size, seed=0,
-                         shard_index=0, shard_count=1, shuffle=False,
-                         num_epochs=1, drop_remainder=False)
-  n = write_token_cache(flags.FLAGS.out, HybridTokenizer(tok_config),
-                        tok_vars, iter(dataset), model.patch_nums,
-                        np.dtype(flags.FLAGS.frest_dtype))
-  print(f"wrote tokens of {n} examples to {os.path.abspath(flags.FLAGS.out)}")
-
-
-if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  config_flags.DEFINE_config_file("config", None, "HART training config",
-                                  lock_config=True)
-  flags.DEFINE_string("out", None, "the cache folder to write")
-  flags.DEFINE_integer("batch_size", 64, "images per tokenizer call")
-  flags.DEFINE_enum("frest_dtype", "float32", ["float32", "float16"],
-                    "storage of the continuous latent (float16 halves it)")
-  flags.mark_flags_as_required(["config", "out"])
-  app.run(main)

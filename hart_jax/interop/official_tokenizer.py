@@ -21,12 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from hart_jax import atomic_io
+from hart_jax.errors import CheckpointError, ConfigError
 from hart_jax.interop import naming
 from hart_jax.interop import state_dict_io
-from hart_jax.interop.state_dict_io import CheckpointError
-from hart_jax.models.tokenizer.config import (TokenizerConfig,
-                                             config_to_official,
-                                             load_official_config)
+from hart_jax.interop.official_configs import (load_tokenizer_config,
+                                               tokenizer_config_to_official)
+from hart_jax.models.tokenizer.config import TokenizerConfig
 from hart_jax.models.tokenizer.discriminator import PatchDiscriminator
 from hart_jax.models.tokenizer.model import HybridTokenizer
 
@@ -178,7 +178,7 @@ def load_tokenizer(folder: str, rng: jax.Array | None = None):
   if not os.path.exists(config_path):
     raise CheckpointError(f"{folder}: no config.json (is this a tokenizer "
                           "folder?)")
-  config = load_official_config(config_path)
+  config = load_tokenizer_config(config_path)
   state = state_dict_io.read_state_dict(find_weights(folder))
   return config, import_state_dict(config, state, rng)
 
@@ -192,16 +192,37 @@ def save_tokenizer(folder: str, config: TokenizerConfig, variables,
   elif weights_format == "bin":
     name, write = "pytorch_model.bin", state_dict_io.write_torch_bin
   else:
-    raise ValueError(f"weights_format must be 'safetensors' or 'bin', got "
-                     f"{weights_format!r}")
-  stale = [n for n in WEIGHT_FILES if n != name
-           and os.path.exists(os.path.join(folder, n))]
+    raise ConfigError(f"weights_format must be 'safetensors' or 'bin', got "
+                      f"{weights_format!r}")
+  # The folder is replaced whole, so no weights file of the other format
+  # survives to shadow or contradict the new one.
   atomic_io.atomic_write_folder(folder, {
       name: lambda p: write(p, state),
       "config.json": lambda p: atomic_io.atomic_write_json(
-          p, config_to_official(config)),
+          p, tokenizer_config_to_official(config)),
   })
-  # The official loader prefers safetensors; a leftover file of the other
-  # format would shadow or contradict the new weights.
-  for n in stale:
-    os.remove(os.path.join(folder, n))
+
+
+def load_frozen_tokenizer(config):
+  """(TokenizerConfig, vae variables) from a training config's `tokenizer`
+  section: an official folder, or a random one of the shape in `model`.
+
+  A random tokenizer (tests) comes from config.seed alone, so everything
+  that builds it (the stage, the token-cache CLI) gets the same one.
+  """
+  rng = jax.random.split(jax.random.key(config.seed))[0]
+  tc = config.tokenizer
+  if tc.get("folder"):
+    tok_config, variables = load_tokenizer(tc.folder)
+    logging.info("tokenizer loaded from %s", tc.folder)
+  elif tc.get("model"):
+    # Tests and smoke runs: a random tokenizer of the configured shape.
+    tok_config = TokenizerConfig(**dict(tc.model))
+    variables = init_variables(tok_config, rng)
+    logging.warning("no tokenizer folder configured: using a RANDOM "
+                    "tokenizer (fine for tests, useless for real training)")
+  else:
+    raise ConfigError("config.tokenizer.folder is empty: point it at a HART "
+                      "tokenizer/ folder (official, or exported by the "
+                      "tokenizer stage)")
+  return tok_config, variables["vae"]

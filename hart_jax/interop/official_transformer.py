@@ -17,12 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from hart_jax import atomic_io
+from hart_jax.errors import CheckpointError
 from hart_jax.interop import naming
 from hart_jax.interop import state_dict_io
-from hart_jax.interop.state_dict_io import CheckpointError
+from hart_jax.interop.official_configs import (
+    load_transformer_config, transformer_config_to_official)
 from hart_jax.models.hart import layer_stack
-from hart_jax.models.hart.config import (HartConfig, config_to_official,
-                                         load_official_config)
+from hart_jax.models.hart.config import HartConfig
 from hart_jax.models.hart.transformer import HartTransformer, level_ids
 
 # Top-level parameters whose official name is not mechanical.
@@ -169,7 +170,7 @@ def load_transformer(folder: str, weights: str | None = None):
   for key in ("head.weight", "word_embed.weight"):
     if key not in state:
       raise CheckpointError(f"{folder}/{weights}: missing key {key!r}")
-  config = load_official_config(
+  config = load_transformer_config(
       config_path, vocab_size=int(state["head.weight"].shape[0]),
       latent_channels=int(state["word_embed.weight"].shape[1]))
   return config, import_state_dict(config, state)
@@ -197,5 +198,5 @@ def save_transformer(folder: str, config: HartConfig, params,
     writers["ema_model.bin"] = lambda p: state_dict_io.write_torch_bin(
         p, ema_state)
   writers["config.json"] = lambda p: atomic_io.atomic_write_json(
-      p, config_to_official(config))
+      p, transformer_config_to_official(config))
   atomic_io.atomic_write_folder(folder, writers)

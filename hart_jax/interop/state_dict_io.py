@@ -9,6 +9,7 @@ write leaves what was there before.
 
 import json
 import os
+import pickle
 import struct
 from typing import Mapping
 
@@ -16,6 +17,7 @@ import ml_dtypes
 import numpy as np
 
 from hart_jax.atomic_io import atomic_path, atomic_write_bytes
+from hart_jax.errors import CheckpointError
 
 _SAFETENSORS_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16,
@@ -25,59 +27,123 @@ _SAFETENSORS_DTYPES = {
 _NUMPY_TO_SAFETENSORS = {np.dtype(v): k for k, v in _SAFETENSORS_DTYPES.items()}
 
 
-class CheckpointError(ValueError):
-  """A checkpoint file or its contents do not match what was expected."""
+# The first torch whose `weights_only=True` loader is not itself
+# exploitable (CVE-2025-32434: torch <= 2.5.1 runs code from a crafted
+# file even with weights_only=True).
+MIN_SAFE_TORCH = (2, 6)
+_HEADER_LIMIT = 100 * 2**20
+
+
+def _entry_problem(name: str, info, data_size: int):
+  """Why one safetensors header entry is unusable, or None."""
+  if not isinstance(info, dict):
+    return f"is {type(info).__name__}, not an object"
+  missing = {"dtype", "shape", "data_offsets"} - set(info)
+  if missing:
+    return f"lacks {sorted(missing)}"
+  if info["dtype"] not in _SAFETENSORS_DTYPES:
+    return (f"has dtype {info['dtype']!r}, not one of "
+            f"{sorted(_SAFETENSORS_DTYPES)}")
+  shape, offsets = info["shape"], info["data_offsets"]
+  if not isinstance(shape, list) or not all(
+      isinstance(d, int) and not isinstance(d, bool) and d >= 0
+      for d in shape):
+    return f"has shape {shape!r}, not a list of non-negative integers"
+  if (not isinstance(offsets, list) or len(offsets) != 2 or not all(
+      isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
+    return f"has data_offsets {offsets!r}, not two integers"
+  begin, end = offsets
+  itemsize = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]]).itemsize
+  expected = int(np.prod(shape, dtype=np.int64)) * itemsize
+  if not 0 <= begin <= end <= data_size or end - begin != expected:
+    return (f"{info['dtype']}{shape} has bytes [{begin}, {end}) that do not "
+            f"fit the file's {data_size} data bytes (truncated or corrupt)")
+  del name
+  return None
 
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
-  """All tensors of a .safetensors file as numpy arrays (validated)."""
+  """All tensors of a .safetensors file as numpy arrays.
+
+  The header is validated entry by entry (the first bad one is named) and
+  each tensor is read straight into its own array, so the file's bytes
+  are never held twice.
+  """
   size = os.path.getsize(path)
   with open(path, "rb") as f:
     raw_len = f.read(8)
     if len(raw_len) < 8:
       raise CheckpointError(f"{path}: too short to be a safetensors file")
     (header_len,) = struct.unpack("<Q", raw_len)
-    if header_len > size - 8 or header_len > 100 * 2**20:
+    if header_len > size - 8 or header_len > _HEADER_LIMIT:
       raise CheckpointError(f"{path}: corrupt safetensors header length "
                             f"{header_len} (file has {size} bytes)")
     try:
       header = json.loads(f.read(header_len))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
       raise CheckpointError(f"{path}: corrupt safetensors header: {e}") from e
-    data = f.read()
-  out = {}
-  for name, info in header.items():
-    if name == "__metadata__":
-      continue
-    try:
+    if not isinstance(header, dict):
+      raise CheckpointError(f"{path}: the safetensors header is a "
+                            f"{type(header).__name__}, not an object")
+    metadata = header.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(
+        isinstance(v, str) for v in metadata.values()):
+      raise CheckpointError(f"{path}: __metadata__ must map names to "
+                            "strings")
+    data_start, data_size = 8 + header_len, size - 8 - header_len
+    for name, info in header.items():
+      problem = _entry_problem(name, info, data_size)
+      if problem:
+        raise CheckpointError(f"{path}: tensor {name!r} {problem}")
+    out = {}
+    for name, info in sorted(header.items(),
+                             key=lambda kv: kv[1]["data_offsets"][0]):
       dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]])
-      shape = tuple(int(d) for d in info["shape"])
-      begin, end = (int(o) for o in info["data_offsets"])
-    except (KeyError, TypeError, ValueError) as e:
-      raise CheckpointError(f"{path}: bad header entry for {name!r}: {info}"
-                            ) from e
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if not 0 <= begin <= end <= len(data) or end - begin != expected:
-      raise CheckpointError(f"{path}: tensor {name!r} {info['dtype']}"
-                            f"{list(shape)} has bytes [{begin}, {end}) that "
-                            f"do not fit the file (truncated or corrupt)")
-    out[name] = np.frombuffer(data[begin:end], dtype).reshape(shape).copy()
+      array = np.empty(info["shape"], dtype)
+      begin, end = info["data_offsets"]
+      f.seek(data_start + begin)
+      if f.readinto(memoryview(array.reshape(-1).view(np.uint8))) != (
+          end - begin):
+        raise CheckpointError(f"{path}: tensor {name!r} is truncated")
+      out[name] = array
   return out
 
 
+def _torch_version(torch) -> tuple[int, int]:
+  major, minor = torch.__version__.split("+")[0].split(".")[:2]
+  return int(major), int(minor)
+
+
 def read_torch_bin(path: str) -> dict[str, np.ndarray]:
-  """A torch-saved state dict, loaded with weights_only=True."""
+  """A torch-saved state dict, loaded with weights_only=True only."""
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise CheckpointError(
         f"{path} is a torch pickle; reading it needs torch (pip install "
         "'hart_jax[torch]'), or convert it to safetensors") from e
+  if _torch_version(torch) < MIN_SAFE_TORCH:
+    raise CheckpointError(
+        f"{path} is a torch pickle, and torch {torch.__version__} cannot "
+        "load pickles safely (CVE-2025-32434); install torch >= "
+        f"{'.'.join(map(str, MIN_SAFE_TORCH))} or convert the file to "
+        "safetensors with a trusted tool")
   try:
     state = torch.load(path, map_location="cpu", weights_only=True)
+  except pickle.UnpicklingError as e:
+    # torch's own advice here is to retry with weights_only=False, i.e.
+    # to run whatever the file contains: never give that advice.
+    detail = next((line.strip().rstrip(".") for line in str(e).splitlines()
+                   if "GLOBAL" in line or "global" in line), "")
+    raise CheckpointError(
+        f"{path}: refused to load: the pickle holds more than tensors"
+        + (f" ({detail})" if detail else "") + ". If you trust its source, "
+        "convert it to safetensors in a sandbox; hart_jax never unpickles "
+        "code") from None
   except Exception as e:  # torch raises many types for bad files
     raise CheckpointError(f"{path}: cannot be read as a torch state dict "
-                          f"(weights_only=True): {e}") from e
+                          f"({type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[0][:200]})") from e
   if not isinstance(state, Mapping):
     raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a "
                           "state dict")

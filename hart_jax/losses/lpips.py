@@ -17,10 +17,10 @@ Weights are never downloaded. `load_lpips_params` reads one .safetensors or
 Extra keys (torchvision's `classifier.*`, ...) are ignored. Whoever has the
 torchvision VGG16 weights and the `lpips` package's `weights/v0.1/vgg.pth`
 makes the file with `convert_torch_lpips` + `save_lpips_params`, or with
-`python -m hart_jax.losses.lpips VGG16.pth VGG_LIN.pth OUT.safetensors`.
+`python -m hart_jax.convert_lpips --vgg=VGG16.pth --lin=VGG_LIN.pth
+--out=OUT.safetensors`.
 """
 
-import argparse
 import logging
 import os
 import re
@@ -253,22 +253,3 @@ def save_lpips_params(path: str, tensors: Mapping[str, np.ndarray]) -> None:
     np.savez(path, **tensors)
   else:
     state_dict_io.write_safetensors(path, tensors)
-
-
-def main(argv=None) -> None:
-  """CLI: torchvision VGG16 + lpips lin weights (.pth) -> one weights file."""
-  p = argparse.ArgumentParser(description=main.__doc__)
-  p.add_argument("vgg", help="torchvision vgg16 state dict, e.g. "
-                 "vgg16-397923af.pth")
-  p.add_argument("lin", help="lpips weights/v0.1/vgg.pth")
-  p.add_argument("out", help="output .safetensors or .npz")
-  args = p.parse_args(argv)
-  tensors = convert_torch_lpips(state_dict_io.read_state_dict(args.vgg),
-                                state_dict_io.read_state_dict(args.lin))
-  save_lpips_params(args.out, tensors)
-  load_lpips_params(args.out)  # fails loudly now rather than in training
-  print(f"wrote {args.out} ({len(tensors)} tensors)")
-
-
-if __name__ == "__main__":
-  main()

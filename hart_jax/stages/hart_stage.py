@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hart_jax.errors import ConfigError
 from hart_jax import sampling
 from hart_jax import sharding
 from hart_jax.data import token_cache
@@ -25,35 +26,10 @@ from hart_jax.models.hart import training as hart_training
 from hart_jax.models.hart.config import HartConfig, from_config_dict
 from hart_jax.models.hart.transformer import HartTransformer
 from hart_jax.models.tokenizer import HybridTokenizer
-from hart_jax.models.tokenizer.config import TokenizerConfig
 from hart_jax.optimizer import learning_rate_schedule, make_optimizer
 from hart_jax.stages.common import Stage, create_state, image_grid
 from hart_jax.steps import apply_update
 from hart_jax.text.encoders import TextEncoder, make_text_encoder
-
-
-def load_frozen_tokenizer(config):
-  """(TokenizerConfig, vae variables) from config.tokenizer.
-
-  A random tokenizer (tests) comes from config.seed alone, so everything
-  that builds it (the stage, the token-cache CLI) gets the same one.
-  """
-  rng = jax.random.split(jax.random.key(config.seed))[0]
-  tc = config.tokenizer
-  if tc.get("folder"):
-    tok_config, variables = official_tokenizer.load_tokenizer(tc.folder)
-    logging.info("tokenizer loaded from %s", tc.folder)
-  elif tc.get("model"):
-    # Tests and smoke runs: a random tokenizer of the configured shape.
-    tok_config = TokenizerConfig(**dict(tc.model))
-    variables = official_tokenizer.init_variables(tok_config, rng)
-    logging.warning("no tokenizer folder configured: using a RANDOM "
-                    "tokenizer (fine for tests, useless for real training)")
-  else:
-    raise ValueError("config.tokenizer.folder is empty: point it at a HART "
-                     "tokenizer/ folder (official, or exported by the "
-                     "tokenizer stage)")
-  return tok_config, variables["vae"]
 
 
 def condition(config: HartConfig, batch: dict,
@@ -126,10 +102,10 @@ def build(config, mesh, rules, rng) -> Stage:
   model = HartTransformer(c)
   r_init = jax.random.split(rng)[1]
   r_text = jax.random.fold_in(rng, 1)
-  tok_config, tok_vars = load_frozen_tokenizer(config)
+  tok_config, tok_vars = official_tokenizer.load_frozen_tokenizer(config)
   if tok_config.vocab_size != c.vocab_size:
-    raise ValueError(f"tokenizer vocab {tok_config.vocab_size} != model "
-                     f"vocab_size {c.vocab_size}")
+    raise ConfigError(f"tokenizer vocab {tok_config.vocab_size} != model "
+                      f"vocab_size {c.vocab_size}")
   tokenizer = HybridTokenizer(tok_config)
   if config.data.source.startswith("tokens:"):
     where = config.data.source[len("tokens:"):]
@@ -140,7 +116,7 @@ def build(config, mesh, rules, rng) -> Stage:
   if not c.num_classes:
     encoder = make_text_encoder(config.text_encoder, c.context_dim,
                                 c.context_token)
-  tx = make_optimizer(config.optimizer, None)
+  tx = make_optimizer(config.optimizer, config.train.total_steps)
   state = create_state(lambda r: official_transformer.init_boxed(c, r), tx,
                        mesh, rules, r_init)
   n_last = c.patch_nums[-1] ** 2
@@ -149,7 +125,8 @@ def build(config, mesh, rules, rng) -> Stage:
   if config.train.get("keep_tokens"):
     n_kept = int(config.train.keep_tokens)
   step = functools.partial(
-      _step, tx=tx, schedule=learning_rate_schedule(config.optimizer),
+      _step, tx=tx, schedule=learning_rate_schedule(
+          config.optimizer, config.train.total_steps),
       ema_decay=config.optimizer.ema_decay, accum=config.train.grad_accum,
       loss=functools.partial(loss_fn, model=model, tokenizer=tokenizer,
                              encoder=encoder, n_kept=n_kept))

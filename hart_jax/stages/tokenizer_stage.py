@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from hart_jax.errors import ConfigError
 from hart_jax import sharding
 from hart_jax.interop import official_tokenizer
 from hart_jax.losses import codebook as cb
@@ -156,31 +157,32 @@ def build(config, mesh, rules, rng) -> Stage:
   """State, step and sample grid of the tokenizer stage."""
   mode = config.mode
   if mode not in ("scratch", "hybrid_decoder"):
-    raise ValueError(f"tokenizer mode must be 'scratch' or "
-                     f"'hybrid_decoder', got {mode!r}")
+    raise ConfigError(f"tokenizer mode must be 'scratch' or "
+                      f"'hybrid_decoder', got {mode!r}")
   r_init, r_disc = jax.random.split(rng)
   if config.get("init_tokenizer"):
     tc, loaded = official_tokenizer.load_tokenizer(config.init_tokenizer,
                                                    r_disc)
   elif mode == "hybrid_decoder":
-    raise ValueError("mode 'hybrid_decoder' fine-tunes an existing "
-                     "tokenizer: set init_tokenizer to its folder")
+    raise ConfigError("mode 'hybrid_decoder' fine-tunes an existing "
+                      "tokenizer: set init_tokenizer to its folder")
   else:
     tc = TokenizerConfig(**dict(config.model))
     loaded = official_tokenizer.init_variables(tc, r_init)
   model, disc = HybridTokenizer(tc), PatchDiscriminator()
   weights = LossWeights(**dict(config.loss))
   if weights.disc > 0 and config.data.image_size < 32:
-    raise ValueError(f"image_size {config.data.image_size} is too small for "
-                     "the PatchGAN (its 5 convs need >= 32 px); use larger "
-                     "images or set loss.disc = 0")
+    raise ConfigError(f"image_size {config.data.image_size} is too small for "
+                      "the PatchGAN (its 5 convs need >= 32 px); use larger "
+                      "images or set loss.disc = 0")
   lpips, _ = make_lpips(config.get("lpips_weights") or None)
   opt = config.optimizer
-  tx = optax.multi_transform({"train": make_optimizer(opt, None),
+  steps = config.train.total_steps
+  tx = optax.multi_transform({"train": make_optimizer(opt, steps),
                               "freeze": optax.set_to_zero()},
                              functools.partial(_labels, mode=mode))
   # taming's discriminator optimizer: Adam(0.5, 0.9) at the same lr.
-  disc_tx = optax.adam(learning_rate_schedule(opt), b1=0.5, b2=0.9)
+  disc_tx = optax.adam(learning_rate_schedule(opt, steps), b1=0.5, b2=0.9)
   pool_size = int(config.get("latent_pool", 4096))
   extra = dict(
       disc_params=loaded["disc"]["params"],
@@ -196,7 +198,7 @@ def build(config, mesh, rules, rng) -> Stage:
   p_skip = float(config.get("skip_continuous_prob", tc.skip_continuous_prob))
   step = functools.partial(
       _step, model=model, disc=disc, weights=weights, tx=tx,
-      schedule=learning_rate_schedule(opt), ema_decay=opt.ema_decay,
+      schedule=learning_rate_schedule(opt, steps), ema_decay=opt.ema_decay,
       accum=config.train.grad_accum, disc_tx=disc_tx, p_skip=p_skip,
       restart_every=int(config.get("restart_dead_every", 0)),
       restart_threshold=float(config.get("restart_threshold", 0.03)))

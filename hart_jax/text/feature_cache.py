@@ -10,7 +10,7 @@ unique caption in an .npz:
 
 Written from any in-step encoder of a training config:
 
-  python -m hart_jax.text.feature_cache --config=configs/demo_t2i.py \
+  python -m hart_jax.cache_text_features --config=tiny:cond=text \
       --out=DIR/features.npz
 
 then used with `--config.text_encoder.kind=cache
@@ -26,10 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from hart_jax import atomic_io
+from hart_jax.errors import InputError
 from hart_jax.text.encoders import TextEncoder, position_ids
 
 
-class FeatureCacheError(ValueError):
+class FeatureCacheError(InputError):
   """A feature cache file that cannot be used, with the reason."""
 
 
@@ -72,8 +73,8 @@ def read_feature_cache(path: str):
   """(captions, features, mask) of a cache file; one clear error if not."""
   if not path:
     raise FeatureCacheError("text_encoder.cache.path is empty: build a "
-                            "cache with python -m hart_jax.text."
-                            "feature_cache")
+                            "cache with python -m hart_jax."
+                            "cache_text_features")
   if not os.path.exists(path):
     raise FeatureCacheError(f"{path}: no such feature cache")
   try:
@@ -103,7 +104,7 @@ def write_feature_cache(path: str, encoder: TextEncoder,
   """
   unique = sorted({str(c) for c in captions if c})
   if not unique:
-    raise ValueError("no captions to encode")
+    raise InputError("the data source has no captions to encode")
   params = encoder.init_params(jax.random.key(0))
   encode = jax.jit(encoder.encode)
   feats, masks = [], []
@@ -127,32 +128,3 @@ def captions_of(source) -> list[str]:
   if hasattr(source, "caption"):
     return [source.caption(i) for i in range(len(source))]
   return [source[i]["caption"] for i in range(len(source))]
-
-
-def main(argv):
-  del argv
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from hart_jax.data import source_from_config  # pylint: disable=g-import-not-at-top
-  from hart_jax.models.hart.config import from_config_dict  # pylint: disable=g-import-not-at-top
-  from hart_jax.text.encoders import make_text_encoder  # pylint: disable=g-import-not-at-top
-  config = flags.FLAGS.config
-  model = from_config_dict(config.model)
-  if config.text_encoder.kind == "cache":
-    raise SystemExit("the config's text_encoder.kind is 'cache': point it at "
-                     "the encoder that should compute the features")
-  encoder = make_text_encoder(config.text_encoder, model.context_dim,
-                              model.context_token)
-  source = source_from_config(config.data)
-  n = write_feature_cache(flags.FLAGS.out, encoder, captions_of(source))
-  print(f"wrote features of {n} unique captions to {flags.FLAGS.out}")
-
-
-if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  config_flags.DEFINE_config_file("config", None, "training config",
-                                  lock_config=True)
-  flags.DEFINE_string("out", None, "where to write the .npz")
-  flags.mark_flags_as_required(["config", "out"])
-  app.run(main)

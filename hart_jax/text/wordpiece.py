@@ -13,6 +13,8 @@ import unicodedata
 
 import numpy as np
 
+from hart_jax.errors import InputError
+
 _MAX_WORD_CHARS = 100
 
 
@@ -24,7 +26,7 @@ class WordPieceTokenizer:
     self.vocab = {w: i for i, w in enumerate(words)}
     for special in ("[PAD]", "[UNK]", "[CLS]", "[SEP]"):
       if special not in self.vocab:
-        raise ValueError(f"{vocab_path}: no {special} token")
+        raise InputError(f"{vocab_path}: no {special} token")
     self.pad, self.unk = self.vocab["[PAD]"], self.vocab["[UNK]"]
     self.cls, self.sep = self.vocab["[CLS]"], self.vocab["[SEP]"]
 

@@ -7,7 +7,7 @@ import numpy as np
 from hart_jax.interop import official_tokenizer
 from hart_jax.interop import official_transformer
 from hart_jax.interop.state_dict_io import read_safetensors
-from hart_jax.models.hart.config import load_official_config
+from hart_jax.interop.official_configs import load_transformer_config
 
 
 @functools.lru_cache(maxsize=None)
@@ -27,7 +27,7 @@ def model(golden_dir, name):
   tf = np.load(root / "A_pn6" / "train_forward.npz")
   state["lvl_1L"] = tf["buffer_lvl_1L"]
   state["attn_bias_for_masking"] = tf["buffer_attn_bias_for_masking"]
-  config = load_official_config(str(root / "A_pn6" / "config.json"),
+  config = load_transformer_config(str(root / "A_pn6" / "config.json"),
                                 vocab_size=1024)
   return config, official_transformer.import_state_dict(config, state)
 

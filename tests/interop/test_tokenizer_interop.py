@@ -10,7 +10,7 @@ import pytest
 
 from hart_jax.interop import official_tokenizer as ot
 from hart_jax.interop import state_dict_io
-from hart_jax.interop.state_dict_io import CheckpointError
+from hart_jax.errors import CheckpointError, InputError
 from hart_jax.models.tokenizer import config as tok_config
 from tests.helpers import require_module
 
@@ -127,14 +127,20 @@ def test_bad_folders_and_configs(tmp_path, saved):
 def test_torch_pickles_load_weights_only(tmp_path):
   torch = require_module("torch", "pip install -e '.[test]'")
 
+  marker = tmp_path / "pwned"
+
   class Payload:  # any non-tensor object: weights_only must refuse it
     def __reduce__(self):
-      return (os.system, ("echo pwned",))
+      return (os.system, (f"touch {marker}",))
 
   path = tmp_path / "pytorch_model.bin"
   torch.save({"x": Payload()}, path)
-  with pytest.raises(CheckpointError, match="weights_only=True"):
+  with pytest.raises(CheckpointError, match="refused to load") as info:
     state_dict_io.read_torch_bin(str(path))
+  assert not marker.exists()
+  # Our advice replaces torch's (which is to retry with weights_only=False).
+  assert "weights_only=False" not in str(info.value)
+  assert "safetensors" in str(info.value)
 
 
 def test_failed_export_keeps_the_previous_folder(saved, tiny_variables,
@@ -148,7 +154,7 @@ def test_failed_export_keeps_the_previous_folder(saved, tiny_variables,
 
   monkeypatch.setattr(state_dict_io, "write_safetensors", broken)
   changed = jax.tree.map(lambda x: x + 1, tiny_variables)
-  with pytest.raises(OSError, match="disk full"):
+  with pytest.raises(InputError, match="disk full"):
     ot.save_tokenizer(str(saved), TINY, changed)
   after = {p.name: p.read_bytes() for p in saved.iterdir()}
   assert after == before

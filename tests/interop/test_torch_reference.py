@@ -20,8 +20,8 @@ import torch
 
 from hart_jax.interop import official_tokenizer as ot
 from hart_jax.models.tokenizer import HybridTokenizer
-from hart_jax.models.tokenizer.config import (TokenizerConfig,
-                                             config_to_official)
+from hart_jax.interop.official_configs import tokenizer_config_to_official
+from hart_jax.models.tokenizer.config import TokenizerConfig
 from tests.torch_ref import HARTTokenizerRef, phi_index
 
 # Small enough for CPU CI, yet it has every kind of block: five levels
@@ -219,7 +219,7 @@ def test_hart_jax_export_loads_strictly(tmp_path, jax_variables,
 def test_hart_jax_matches_reference(jax_variables, init):
   variables = (jax_variables if init == "random"
                else ot.init_variables(CONFIG, jax.random.key(0)))
-  ref = HARTTokenizerRef(config_to_official(CONFIG)).eval()
+  ref = HARTTokenizerRef(tokenizer_config_to_official(CONFIG)).eval()
   ref.load_state_dict(to_torch(ot.export_state_dict(CONFIG, variables)),
                       strict=True)
   assert_same_tokenization(CONFIG, variables["vae"], ref,
@@ -235,7 +235,7 @@ def test_hart_jax_key_set_variants(changes):
   config = CONFIG.replace(**changes)
   zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
                        ot.abstract_variables(config))
-  ref = HARTTokenizerRef(config_to_official(config))
+  ref = HARTTokenizerRef(tokenizer_config_to_official(config))
   ref.load_state_dict(to_torch(ot.export_state_dict(config, zeros)),
                       strict=True)
 

@@ -8,7 +8,8 @@ import pytest
 
 from configs import hart_tiny
 from hart_jax.interop import official_transformer as otr
-from hart_jax.interop.state_dict_io import CheckpointError, read_torch_bin
+from hart_jax.errors import CheckpointError
+from hart_jax.interop.state_dict_io import read_torch_bin
 from hart_jax.models.hart.config import from_config_dict
 
 CONFIG = from_config_dict(hart_tiny.get_config().model)
@@ -70,3 +71,41 @@ def test_missing_folder_pieces(tmp_path):
   (tmp_path / "config.json").write_text("{}")
   with pytest.raises(CheckpointError, match="no weights file"):
     otr.load_transformer(str(tmp_path))
+
+
+def test_class_conditional_export_round_trips(tmp_path):
+  """The official code has a C2I config class but no model: the export is
+  typed hart_transformer_c2i with its num_classes, and loads back here."""
+  config = from_config_dict(hart_tiny.get_config(
+      "class_conditional=true").model)
+  params = otr.init_params(config, jax.random.key(1))
+  otr.save_transformer(str(tmp_path / "llm"), config, params,
+                       write_ema_bin=False)
+  raw = json.loads((tmp_path / "llm" / "config.json").read_text())
+  assert raw["model_type"] == "hart_transformer_c2i"
+  assert raw["num_classes"] == 10
+  loaded_config, loaded = otr.load_transformer(str(tmp_path / "llm"))
+  assert loaded_config == config
+  for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("edit,fragment", [
+    (dict(depth="2"), "field 'depth' is \"2\", expected an integer"),
+    (dict(patch_nums=[1, "2"]), "field 'patch_nums' is [1, \"2\"], "
+     "expected a list of integers"),
+    (dict(attn_l2_norm=1), "field 'attn_l2_norm' is 1, expected true or "
+     "false"),
+    (dict(num_heads=3), "embed_dim 128 is not divisible by num_heads 3"),
+    (dict(model_type="llama"), "model_type 'llama' is not a HART"),
+    (dict(num_classes=10), "unknown transformer config key(s): "
+     "['num_classes']"),
+])
+def test_config_json_fields_are_checked(tmp_path, params, edit, fragment):
+  otr.save_transformer(str(tmp_path), CONFIG, params, write_ema_bin=False)
+  raw = json.loads((tmp_path / "config.json").read_text())
+  (tmp_path / "config.json").write_text(json.dumps(dict(raw, **edit)))
+  with pytest.raises(CheckpointError) as info:
+    otr.load_transformer(str(tmp_path))
+  assert fragment in str(info.value)
+  assert str(tmp_path / "config.json") in str(info.value)

@@ -1,6 +1,10 @@
 """LPIPS-vgg against an independent PyTorch implementation written here."""
 
 import logging
+import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +17,8 @@ import torch.nn.functional as F
 from hart_jax.interop.state_dict_io import CheckpointError
 from hart_jax.losses import lpips as lp
 from tests.losses import helpers
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _torch_lpips(sd, x, y):
@@ -175,13 +181,18 @@ def test_convert_from_torchvision_and_lpips_dicts(state_dict, tmp_path):
                lp.load_lpips_params(ref))
 
 
-def test_cli_converts_pth_files(state_dict, tmp_path, capsys):
+def test_cli_converts_pth_files(state_dict, tmp_path):
   tv, lin, _ = _torch_dicts(state_dict)
   torch.save(tv, tmp_path / "vgg16.pth")
   torch.save(lin, tmp_path / "vgg.pth")
   out = str(tmp_path / "out.npz")
-  lp.main([str(tmp_path / "vgg16.pth"), str(tmp_path / "vgg.pth"), out])
-  assert "wrote" in capsys.readouterr().out
+  res = subprocess.run(
+      [sys.executable, "-m", "hart_jax.convert_lpips",
+       f"--vgg={tmp_path / 'vgg16.pth'}", f"--lin={tmp_path / 'vgg.pth'}",
+       f"--out={out}"], capture_output=True, text=True, timeout=300,
+      cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+  assert res.returncode == 0, res.stderr
+  assert "wrote" in res.stdout
   params = lp.load_lpips_params(out)
   np.testing.assert_array_equal(
       params["vgg"][12]["bias"], state_dict["features.28.bias"])

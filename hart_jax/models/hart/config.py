@@ -1,4 +1,4 @@
-"""Hyperparameters of the HART transformer, and the official llm/config.json.
+"""Hyperparameters of the HART transformer.
 
 Every switch of the official `HARTForT2IConfig` is a field (hart_spec.md
 2.1 and 4). The defaults are the class defaults of the official code, which
@@ -6,9 +6,9 @@ do NOT match the release: use `released_0p7b()` (or configs/) for that.
 """
 
 import dataclasses
-import json
 from typing import Any
 
+from hart_jax.errors import ConfigError
 from hart_jax.schedules import (SCHEDULE_1024, SCHEDULE_256,  # pylint: disable=unused-import
                                 SCHEDULE_512, dataclass_from_mapping)
 
@@ -104,7 +104,7 @@ class HartConfig:
     ]
     for ok, message in checks:
       if not ok:
-        raise ValueError(f"invalid HartConfig: {message}")
+        raise ConfigError(f"invalid HartConfig: {message}")
 
   @property
   def head_dim(self) -> int:
@@ -155,49 +155,3 @@ def released_0p7b(**changes) -> HartConfig:
 def from_config_dict(cfg) -> HartConfig:
   """HartConfig from a (ml_collections) mapping; unknown keys raise."""
   return dataclass_from_mapping(HartConfig, cfg, "transformer")
-
-
-_OFFICIAL_FIELDS = (
-    "vae_path", "context_token", "context_dim", "depth", "embed_dim",
-    "num_heads", "mlp_ratio", "drop_rate", "attn_drop_rate", "drop_path_rate",
-    "norm_eps", "shared_aln", "cond_drop_rate", "attn_l2_norm", "patch_nums",
-    "flash_if_available", "fused_if_available", "mlp_type", "attn_type",
-    "disable_aln", "use_timestep_embed", "sep_aln_pooling_mode",
-    "use_cross_attn", "diff_width", "diff_depth", "num_sampling_steps",
-    "diffusion_batch_mul", "sampler", "diffusion_head_repeats",
-    "use_context_norm", "context_norm_scale")
-OFFICIAL_MODEL_TYPE = "hart_transformer_t2i"
-
-
-def config_from_official(raw: dict[str, Any], vocab_size: int = 4096,
-                         latent_channels: int = 32) -> HartConfig:
-  """HartConfig from an official llm/config.json dict (unknown keys raise)."""
-  # Imported here: the tokenizer module owns the list of generic HF fields.
-  from hart_jax.models.tokenizer.config import _HF_GENERIC_FIELDS  # pylint: disable=g-import-not-at-top
-  unknown = set(raw) - set(_OFFICIAL_FIELDS) - _HF_GENERIC_FIELDS
-  if unknown:
-    raise ValueError(f"unknown transformer config key(s): {sorted(unknown)}")
-  if raw.get("model_type", OFFICIAL_MODEL_TYPE) != OFFICIAL_MODEL_TYPE:
-    raise ValueError(f"config.json model_type {raw.get('model_type')!r} is "
-                     "not a HART text-to-image transformer")
-  kwargs = {k: raw[k] for k in _OFFICIAL_FIELDS if k in raw}
-  return HartConfig(vocab_size=vocab_size, latent_channels=latent_channels,
-                    **kwargs)
-
-
-def config_to_official(config: HartConfig) -> dict[str, Any]:
-  out = {k: getattr(config, k) for k in _OFFICIAL_FIELDS}
-  out["patch_nums"] = list(config.patch_nums)
-  out["model_type"] = OFFICIAL_MODEL_TYPE
-  out["architectures"] = ["HARTForT2I"]
-  out["transformers_version"] = "4.42.2"
-  return out
-
-
-def load_official_config(path: str, **tokenizer_facts) -> HartConfig:
-  try:
-    with open(path) as f:
-      raw = json.load(f)
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path} is not valid JSON: {e}") from e
-  return config_from_official(raw, **tokenizer_facts)
