@@ -1,0 +1,1 @@
+"""Tests of hart_jax.evals: FID, CLIP score, reconstruction metrics."""
