@@ -80,6 +80,9 @@ def generate(t_config: HartConfig, s_config: SamplingConfig,
              trace: bool = False):
   """Samples images; pure function (jit it, or use `make_sampler`).
 
+  The three phases (`autoregress`, `add_residual`, `decode`) can also be
+  jitted one by one, to time them apart.
+
   Args:
     t_config: transformer config.
     s_config: sampling config.
@@ -99,6 +102,26 @@ def generate(t_config: HartConfig, s_config: SamplingConfig,
     dict(image=[B, H, W, 3] in [0, 1], indices=list of [B, pn*pn],
     fhat=[B, P, P, Cv], and `steps` if trace).
   """
+  ar = autoregress(t_config, s_config, transformer_params, tokenizer,
+                   tokenizer_vars, context, context_mask, position_ids, rng,
+                   overrides, trace)
+  out = add_residual(t_config, s_config, transformer_params, tokenizer,
+                     tokenizer_vars, ar, overrides)
+  out.update(decode(tokenizer, tokenizer_vars, out["fhat"]))
+  return out
+
+
+def autoregress(t_config: HartConfig, s_config: SamplingConfig,
+                transformer_params, tokenizer: HybridTokenizer,
+                tokenizer_vars, context, context_mask, position_ids,
+                rng: jax.Array, overrides: Optional[dict[str, Any]] = None,
+                trace: bool = False) -> dict[str, Any]:
+  """Every scale through the transformer (args as `generate`).
+
+  Returns the running f_hat without the last scale, and what the last
+  scale's residual needs: its hidden states, drawn indices and token
+  embeddings, the guidance scale and the diffusion key.
+  """
   c = t_config
   overrides = overrides or {}
   model = HartTransformer(c)
@@ -117,10 +140,6 @@ def generate(t_config: HartConfig, s_config: SamplingConfig,
   caches = empty_caches(c, 2 * b)
   offsets = scale_offsets(c)
   k_scales, side = c.num_scales, c.patch_nums[-1]
-
-  def quant(*args, method):
-    return tokenizer.apply(tokenizer_vars, *args, method=method)
-
   x = apply(cond_tokens, method=HartTransformer.prefix_tokens)
   cos, sin = apply(pos2, method=HartTransformer.context_tables)
   fhat = jnp.zeros((b, side, side, c.latent_channels), jnp.float32)
@@ -148,34 +167,63 @@ def generate(t_config: HartConfig, s_config: SamplingConfig,
       h = token_sampling.gumbel_soft(filtered, ratio, expo) @ codebook
     else:
       h = jnp.take(codebook, idx, axis=0)
-    if si == k_scales - 1:
-      # Residual: condition on the hard index for both halves.
-      hard = jnp.take(codebook, idx, axis=0)
-      z = apply(hidden, jnp.concatenate([hard, hard]),
-                method=HartTransformer.diffusion_condition)
-      residual = apply(z.reshape(-1, c.embed_dim), t, keys[-1],
-                       noise=overrides.get("diffusion_noise"),
-                       temperature=s_config.diffusion_temperature,
-                       method=lambda m, *a, **k: m.diffloss.sample(*a, **k))
-      h = h + residual.reshape(h.shape)
-    fhat, next_map = quant(si, fhat, h.reshape(b, pn, pn, -1), c.patch_nums,
-                           method=lambda m, *a: m.quantize
-                           .next_autoregressive_input(*a))
     indices.append(idx.reshape(b, pn * pn))
+    step = dict(logits_guided=guided, idx=idx, h=h, hidden=hidden)
+    if si == k_scales - 1:
+      return dict(fhat=fhat, indices=indices, steps=steps, last=step,
+                  cfg_scale=t, diffusion_key=keys[-1], trace=trace)
+    fhat, next_map = tokenizer.apply(
+        tokenizer_vars, si, fhat, h.reshape(b, pn, pn, -1), c.patch_nums,
+        method=lambda m, *a: m.quantize.next_autoregressive_input(*a))
     if trace:
-      steps.append(dict(logits_guided=guided, idx=idx, h=h, fhat=fhat,
-                        hidden=hidden))
-    if si < k_scales - 1:
-      nxt = next_map.reshape(b, -1, c.latent_channels)
-      x = apply(jnp.concatenate([nxt, nxt]), si + 1,
-                method=HartTransformer.scale_tokens)
-      cos, sin = apply(pos2, si + 1, method=HartTransformer.image_tables)
-  decoded = quant(fhat, method=HybridTokenizer.decode)
-  out = dict(image=(jnp.clip(decoded, -1, 1) + 1) / 2, indices=indices,
-             fhat=fhat, decoded=decoded)
-  if trace:
-    out["steps"] = steps
+      steps.append(dict(step, fhat=fhat))
+    nxt = next_map.reshape(b, -1, c.latent_channels)
+    x = apply(jnp.concatenate([nxt, nxt]), si + 1,
+              method=HartTransformer.scale_tokens)
+    cos, sin = apply(pos2, si + 1, method=HartTransformer.image_tables)
+  raise AssertionError("unreachable: the loop returns at the last scale")
+
+
+def add_residual(t_config: HartConfig, s_config: SamplingConfig,
+                 transformer_params, tokenizer: HybridTokenizer,
+                 tokenizer_vars, ar: dict[str, Any],
+                 overrides: Optional[dict[str, Any]] = None
+                 ) -> dict[str, Any]:
+  """The last scale's continuous residual from the diffusion head, added
+  to its tokens, and the final f_hat (`ar` from `autoregress`)."""
+  c = t_config
+  overrides = overrides or {}
+  apply = functools.partial(HartTransformer(c).apply,
+                            {"params": transformer_params})
+  codebook = tokenizer_vars["params"]["quantize"]["embedding"]
+  last = ar["last"]
+  b, pn = ar["fhat"].shape[0], c.patch_nums[-1]
+  # Condition both halves on the hard index (official quirk).
+  hard = jnp.take(codebook, last["idx"], axis=0)
+  z = apply(last["hidden"], jnp.concatenate([hard, hard]),
+            method=HartTransformer.diffusion_condition)
+  residual = apply(z.reshape(-1, c.embed_dim), ar["cfg_scale"],
+                   ar["diffusion_key"],
+                   noise=overrides.get("diffusion_noise"),
+                   temperature=s_config.diffusion_temperature,
+                   method=lambda m, *a, **k: m.diffloss.sample(*a, **k))
+  h = last["h"] + residual.reshape(last["h"].shape)
+  fhat, _ = tokenizer.apply(
+      tokenizer_vars, c.num_scales - 1, ar["fhat"], h.reshape(b, pn, pn, -1),
+      c.patch_nums,
+      method=lambda m, *a: m.quantize.next_autoregressive_input(*a))
+  out = dict(fhat=fhat, indices=ar["indices"])
+  if ar["trace"]:
+    out["steps"] = ar["steps"] + [dict(last, h=h, fhat=fhat)]
   return out
+
+
+def decode(tokenizer: HybridTokenizer, tokenizer_vars, fhat
+           ) -> dict[str, jax.Array]:
+  """f_hat -> images in [0, 1] (and the raw decoder output)."""
+  decoded = tokenizer.apply(tokenizer_vars, fhat,
+                            method=HybridTokenizer.decode)
+  return dict(image=(jnp.clip(decoded, -1, 1) + 1) / 2, decoded=decoded)
 
 
 def make_sampler(t_config: HartConfig, s_config: SamplingConfig,
