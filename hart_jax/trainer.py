@@ -19,11 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from hart_jax import atomic_io
 from hart_jax import checkpointing
 from hart_jax import console
 from hart_jax import image_io
 from hart_jax import run_checks
+from hart_jax import run_config
 from hart_jax import run_report
 from hart_jax import sharding
 from hart_jax.data import source_from_config
@@ -126,6 +126,8 @@ def _train(config, workdir, mesh, stage, source, discard_unreadable):
   if restored is not None:
     state, data_state, start = restored
     if start >= total:
+      if primary:
+        run_config.save_run_config(workdir, config)
       manager.close()
       if primary:
         console.say(f"the run in {workdir} is already finished (step "
@@ -148,8 +150,7 @@ def _train(config, workdir, mesh, stage, source, discard_unreadable):
   start = int(jax.device_get(state.step))
   if primary:
     metrics_log.resume_at(start)
-    atomic_io.atomic_write_bytes(os.path.join(workdir, "config.txt"),
-                                 str(config).encode())
+    run_config.save_run_config(workdir, config)
 
   per_host = config.train.batch_size // jax.process_count()
   dataset = make_dataset(source, image_size=config.data.image_size,
@@ -340,7 +341,9 @@ def _log_compile(compiled, seconds):
 
 def _run_demo(config, workdir, discard_unreadable, dry_run):
   """The embedded default: a small tokenizer, then a small HART on it."""
-  tok_dir = os.path.join(workdir, "tokenizer")
+  # Absolute: the HART stage's recorded config names the tokenizer folder,
+  # and whoever reads the run later may start elsewhere.
+  tok_dir = os.path.join(os.path.abspath(workdir), "tokenizer")
   with config.unlocked():
     config.tokenizer_stage.export_dir = os.path.join(tok_dir, "export")
   kwargs = dict(discard_unreadable_checkpoints=discard_unreadable,
