@@ -13,7 +13,7 @@ paper's benchmarks (official issue #14).
 
 import dataclasses
 import functools
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -45,8 +45,9 @@ class SamplingConfig:
       raise ConfigError(f"cfg must be a finite number >= 0, got {self.cfg}")
     if self.top_k is not None and self.top_k < 1:
       raise ConfigError(f"top_k must be >= 1 (or None), got {self.top_k}")
-    if not 0.0 <= self.top_p < 1.0:
-      raise ConfigError(f"top_p must be in [0, 1), got {self.top_p}")
+    if not 0.0 <= self.top_p <= 1.0:
+      raise ConfigError(f"top_p must be in (0, 1], or 0 for off; got "
+                        f"{self.top_p}")
     if self.diffusion_temperature < 0:
       raise ConfigError("diffusion_temperature must be >= 0, got "
                         f"{self.diffusion_temperature}")
@@ -106,7 +107,7 @@ def generate(t_config: HartConfig, s_config: SamplingConfig,
                    tokenizer_vars, context, context_mask, position_ids, rng,
                    overrides, trace)
   out = add_residual(t_config, s_config, transformer_params, tokenizer,
-                     tokenizer_vars, ar, overrides)
+                     tokenizer_vars, ar, overrides, trace)
   out.update(decode(tokenizer, tokenizer_vars, out["fhat"]))
   return out
 
@@ -115,8 +116,13 @@ def autoregress(t_config: HartConfig, s_config: SamplingConfig,
                 transformer_params, tokenizer: HybridTokenizer,
                 tokenizer_vars, context, context_mask, position_ids,
                 rng: jax.Array, overrides: Optional[dict[str, Any]] = None,
-                trace: bool = False) -> dict[str, Any]:
+                trace: bool = False,
+                on_scale: Optional[Callable[[int], None]] = None
+                ) -> dict[str, Any]:
   """Every scale through the transformer (args as `generate`).
+
+  `on_scale(si)` (optional) is called on the host as each scale's tokens
+  are drawn, for progress bars.
 
   Returns the running f_hat without the last scale, and what the last
   scale's residual needs: its hidden states, drawn indices and token
@@ -168,10 +174,13 @@ def autoregress(t_config: HartConfig, s_config: SamplingConfig,
     else:
       h = jnp.take(codebook, idx, axis=0)
     indices.append(idx.reshape(b, pn * pn))
+    if on_scale is not None:
+      # idx as the argument: the call waits for this scale's draw.
+      jax.debug.callback(functools.partial(_notify, on_scale, si), idx)
     step = dict(logits_guided=guided, idx=idx, h=h, hidden=hidden)
     if si == k_scales - 1:
       return dict(fhat=fhat, indices=indices, steps=steps, last=step,
-                  cfg_scale=t, diffusion_key=keys[-1], trace=trace)
+                  cfg_scale=jnp.float32(t), diffusion_key=keys[-1])
     fhat, next_map = tokenizer.apply(
         tokenizer_vars, si, fhat, h.reshape(b, pn, pn, -1), c.patch_nums,
         method=lambda m, *a: m.quantize.next_autoregressive_input(*a))
@@ -184,11 +193,15 @@ def autoregress(t_config: HartConfig, s_config: SamplingConfig,
   raise AssertionError("unreachable: the loop returns at the last scale")
 
 
+def _notify(on_scale, si, _):
+  on_scale(si)
+
+
 def add_residual(t_config: HartConfig, s_config: SamplingConfig,
                  transformer_params, tokenizer: HybridTokenizer,
                  tokenizer_vars, ar: dict[str, Any],
-                 overrides: Optional[dict[str, Any]] = None
-                 ) -> dict[str, Any]:
+                 overrides: Optional[dict[str, Any]] = None,
+                 trace: bool = False) -> dict[str, Any]:
   """The last scale's continuous residual from the diffusion head, added
   to its tokens, and the final f_hat (`ar` from `autoregress`)."""
   c = t_config
@@ -213,7 +226,7 @@ def add_residual(t_config: HartConfig, s_config: SamplingConfig,
       c.patch_nums,
       method=lambda m, *a: m.quantize.next_autoregressive_input(*a))
   out = dict(fhat=fhat, indices=ar["indices"])
-  if ar["trace"]:
+  if trace:
     out["steps"] = ar["steps"] + [dict(last, h=h, fhat=fhat)]
   return out
 

@@ -12,8 +12,6 @@ import json
 import os
 import pathlib
 import struct
-import subprocess
-import sys
 from typing import Callable, Optional
 
 import jax
@@ -23,6 +21,8 @@ import pytest
 from configs import tiny
 from hart_jax.interop import official_tokenizer
 from hart_jax.models.tokenizer.config import TokenizerConfig
+from tests import cli_runner
+from tests import tiny_folders
 from tests.helpers import require_module
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -101,7 +101,20 @@ def _mkdir(name):
   return setup
 
 
+def _official(num_classes=0, qwen2_hidden=None):
+  """hart/{tokenizer,llm} (context_dim 32) and maybe a Qwen2 folder."""
+  def setup(src, tmp):
+    del src
+    tok = tiny_folders.write_tokenizer(tmp / "hart" / "tokenizer")
+    tiny_folders.write_llm(tmp / "hart" / "llm", tok,
+                           num_classes=num_classes)
+    if qwen2_hidden:
+      tiny_folders.write_qwen2(tmp / "qwen2", hidden=qwen2_hidden)
+  return setup
+
+
 TRAIN = ["hart_jax.train", "--workdir={tmp}/run"]
+SAMPLE = ["hart_jax.sample", "--checkpoint={tmp}/hart", "--out={tmp}/out"]
 TINY = "--config=tiny"
 CASES = [
     # --- train: flags and configs
@@ -227,6 +240,49 @@ CASES = [
     Case("tokens_out_is_a_file", [
         "hart_jax.cache_tokens", TINY, "--out={tmp}/c"], "is a file",
          setup=_write("c")),
+    # --- sample
+    Case("sample_path_is_not_a_model", [
+        "hart_jax.sample", "--checkpoint={tmp}/empty", "--class_id=1",
+        "--out={tmp}/out"], "is neither a hart_jax training workdir",
+         setup=_mkdir("empty")),
+    Case("sample_workdir_without_checkpoint", [
+        "hart_jax.sample", "--checkpoint={tmp}/run", "--class_id=1",
+        "--out={tmp}/out"], "no checkpoint in",
+         setup=lambda s, t: (_mkdir("run/checkpoints")(s, t), _write(
+             "run/config.json", tiny.get_config().to_json().encode())(
+                 s, t))),
+    Case("sample_text_encoder_too_wide", SAMPLE + [
+        "--text_encoder={tmp}/qwen2", "--prompt=a cat"],
+         "hidden_size 48 != the model's context_dim 32",
+         setup=_official(qwen2_hidden=48)),
+    Case("sample_official_without_text_encoder", SAMPLE + [
+        "--prompt=a cat"], "pass its text encoder folder",
+         setup=_official()),
+    Case("sample_prompt_for_class_model", SAMPLE + ["--prompt=a cat"],
+         "is class-conditional (10 classes)",
+         setup=_official(num_classes=10)),
+    Case("sample_class_out_of_range", SAMPLE + ["--class_id=10"],
+         "class id(s) [10] out of range", setup=_official(num_classes=10)),
+    Case("sample_negative_cfg", SAMPLE + ["--class_id=1", "--cfg=-1"],
+         "cfg must be a finite number >= 0"),
+    Case("sample_top_k_zero", SAMPLE + ["--class_id=1", "--top_k=0"],
+         "--top_k must be >= 1"),
+    Case("sample_top_p_above_one", SAMPLE + ["--class_id=1", "--top_p=1.5"],
+         "--top_p must be in (0, 1]"),
+    Case("sample_top_p_zero", SAMPLE + ["--class_id=1", "--top_p=0"],
+         "--top_p must be in (0, 1]"),
+    Case("sample_batch_zero", SAMPLE + ["--class_id=1", "--batch_size=0"],
+         "--batch_size must be >= 1"),
+    Case("sample_out_is_a_file", [
+        "hart_jax.sample", "--checkpoint={tmp}/hart", "--class_id=1",
+        "--out={tmp}/file"], "is a file, not a folder", setup=_write("file")),
+    Case("sample_out_not_writable", [
+        "hart_jax.sample", "--checkpoint={tmp}/hart", "--class_id=1",
+        "--out=/sys/hart_jax_samples"], "is not writable"),
+    Case("sample_empty_prompts_file", SAMPLE + [
+        "--prompts_file={tmp}/p.txt"], "holds no prompts",
+         setup=_write("p.txt", b"\n  \n")),
+    Case("sample_nothing_to_generate", SAMPLE, "nothing to generate"),
     Case("tokens_missing_tokenizer", [
         "hart_jax.cache_tokens", TINY, "--out={tmp}/c",
         "--config.tokenizer.folder={tmp}/nope"], "does not exist"),
@@ -254,10 +310,8 @@ def tree_hashes(root: pathlib.Path) -> dict[str, str]:
 
 
 def run_entry_point(args, cwd, devices=1, timeout=300):
-  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  return subprocess.run([sys.executable, "-m"] + args, cwd=cwd, env=env,
-                        capture_output=True, text=True, timeout=timeout)
+  """`python -m args[0] args[1:]` (forked from a warm interpreter)."""
+  return cli_runner.run_module(args[0], args[1:], cwd, devices, timeout)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)

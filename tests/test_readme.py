@@ -9,17 +9,17 @@ which checks config, mesh, paths and data without compiling (the runs
 themselves are covered by train_test.py and the demo is CI's own job).
 """
 
-import os
 import pathlib
 import re
 import shlex
-import subprocess
-import sys
 
 import numpy as np
 from PIL import Image
 import pytest
 
+from configs import tiny
+from hart_jax import trainer
+from tests import cli_runner
 from tests import tiny_folders
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -58,13 +58,19 @@ def folders(tmp_path_factory):
   tok = tiny_folders.write_tokenizer(root / "hart-0.7b-1024px" / "tokenizer")
   tiny_folders.write_llm(root / "hart-0.7b-1024px" / "llm", tok)
   tiny_folders.write_qwen2(root / "Qwen2-VL-1.5B-Instruct")
+  # The demo's run, as its HART stage records it (a 1-step tiny one).
+  config = tiny.get_config("stage=hart,steps=1")
+  with config.unlocked():
+    config.mesh.data = 1
+    config.sample.every = 0
+  trainer.train_and_evaluate(config, str(root / "out" / "demo" / "hart"))
   return root
 
 
 def test_the_readme_has_what_this_test_covers():
   assert len(python_snippets()) >= 2
   names = {c.split()[2] for c in hart_jax_commands()}
-  assert {"hart_jax.train", "hart_jax.tokenize"} <= names
+  assert {"hart_jax.train", "hart_jax.tokenize", "hart_jax.sample"} <= names
 
 
 @pytest.mark.parametrize("index", range(len(python_snippets())))
@@ -106,10 +112,7 @@ def test_command_runs_as_written(command, folders, tmp_path):
     args = [a if not a.startswith("--workdir=") else
             f"--workdir={tmp_path / 'run'}" for a in args]
     args.append("--dry_run")
-  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  res = subprocess.run([sys.executable] + args[1:], cwd=folders, env=env,
-                       capture_output=True, text=True, timeout=600)
+  res = cli_runner.run_module(module, args[3:], folders, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
   if module == "hart_jax.train":
     assert "dry run: config, mesh, paths and data are valid" in res.stdout

@@ -33,14 +33,17 @@ def write_tokenizer(folder, seed: int = 0) -> TokenizerConfig:
 
 
 def write_llm(folder, tok_config: TokenizerConfig, context_dim: int = 32,
-              context_token: int = 8, seed: int = 0) -> HartConfig:
-  """A 2-layer text-to-image transformer on `tok_config`'s schedule."""
+              context_token: int = 8, seed: int = 0,
+              num_classes: int = 0) -> HartConfig:
+  """A 2-layer text-to-image (or, with num_classes, class-conditional)
+  transformer on `tok_config`'s schedule."""
   config = HartConfig(
-      context_token=context_token, context_dim=context_dim, depth=2,
-      embed_dim=64, num_heads=2, mlp_type="llama", attn_type="llama",
-      disable_aln=True, use_timestep_embed=True, use_context_norm=True,
+      context_token=1 if num_classes else context_token,
+      context_dim=context_dim, depth=2, embed_dim=64, num_heads=2,
+      mlp_type="llama", attn_type="llama", disable_aln=True,
+      use_timestep_embed=True, use_context_norm=not num_classes,
       patch_nums=tok_config.v_patch_nums, diff_width=32, diff_depth=1,
-      vocab_size=tok_config.vocab_size,
+      vocab_size=tok_config.vocab_size, num_classes=num_classes,
       latent_channels=tok_config.z_channels)
   params = official_transformer.init_params(config, jax.random.key(seed))
   official_transformer.save_transformer(str(folder), config, params,

@@ -47,7 +47,8 @@ def _one_step(config, mesh):
   return jax.device_get(state.params), metrics
 
 
-@pytest.mark.parametrize("scan_layers", [False, True])
+@pytest.mark.parametrize(
+    "scan_layers", [pytest.param(False, marks=pytest.mark.smoke), True])
 def test_sharded_step_equals_single_device(scan_layers):
   """(data 2, fsdp 2, tensor 2) == one device; the sharded run also scans
   its blocks in the second case (same seed, same weights: compared in the

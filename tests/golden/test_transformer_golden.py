@@ -31,7 +31,8 @@ def _batch(g):
               frest_before_last=jnp.asarray(g["frest_before_last"]))
 
 
-@pytest.mark.parametrize("name", ["A", "B", "A_pn6"])
+@pytest.mark.parametrize(
+    "name", [pytest.param("A", marks=pytest.mark.smoke), "B", "A_pn6"])
 def test_teacher_forced_forward_and_losses(golden_dir, name):
   config, params = fx.model(golden_dir, name)
   g = fx.arrays(golden_dir, name, "train_forward.npz")
