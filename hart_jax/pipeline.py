@@ -16,17 +16,18 @@ kept: a second call with the same shapes compiles nothing, and
 `last_timings` splits the time of the last call by phase.
 """
 
+import dataclasses
 import functools
 import time
 from typing import Any, Callable, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
 from hart_jax import model_folders
 from hart_jax import sampling
+from hart_jax import sharding
 from hart_jax.errors import ConfigError
 from hart_jax.models.tokenizer import HybridTokenizer
 from hart_jax.stages.common import image_grid
@@ -37,9 +38,18 @@ OFFICIAL_DEFAULTS = dict(cfg=4.5, top_k=None, top_p=0.0, more_smooth=True)
 class HartPipeline:
   """A loaded model and its compiled sampling phases."""
 
-  def __init__(self, model: model_folders.LoadedModel):
-    self.model = model
+  def __init__(self, model: model_folders.LoadedModel, mesh=None):
     self.tokenizer = HybridTokenizer(model.tok_config)
+    self.mesh = mesh
+    if mesh is not None:
+      # Params on every device; each batch is split over the data axes.
+      put = functools.partial(jax.device_put,
+                              device=sharding.replicated(mesh))
+      model = dataclasses.replace(
+          model, t_params=put(model.t_params), tok_vars=put(model.tok_vars),
+          text_params=None if model.text_params is None else put(
+              model.text_params))
+    self.model = model
     self._compiled: dict[tuple, Any] = {}
     self.last_timings: dict[str, float] = {}
     # The compiled AR phase calls `_tick` (one stable function, so one
@@ -48,12 +58,14 @@ class HartPipeline:
 
   @classmethod
   def load(cls, path: str, text_encoder: Optional[str] = None,
-           step: Optional[int] = None, weights: str = "ema"
-           ) -> "HartPipeline":
+           step: Optional[int] = None, weights: str = "ema",
+           mesh=None) -> "HartPipeline":
     """From a training workdir (newest checkpoint or `step`; EMA weights
     unless weights="raw") or an official HART folder (+ its Qwen2
-    text-encoder folder)."""
-    return cls(model_folders.load_model(path, text_encoder, step, weights))
+    text-encoder folder). With a `mesh` (hart_jax.sharding.make_mesh)
+    each batch is split over its data axes."""
+    return cls(model_folders.load_model(path, text_encoder, step, weights),
+               mesh)
 
   @property
   def class_conditional(self) -> bool:
@@ -70,7 +82,8 @@ class HartPipeline:
                top_p: float = OFFICIAL_DEFAULTS["top_p"],
                more_smooth: bool = OFFICIAL_DEFAULTS["more_smooth"],
                batch_size: Optional[int] = None, output: str = "pil",
-               on_scale: Optional[Callable[[int, int], None]] = None):
+               on_scale: Optional[Callable[[int, int], None]] = None,
+               first_chunk: int = 0):
     """Generates one image per prompt (text models) or class id.
 
     Args:
@@ -83,6 +96,9 @@ class HartPipeline:
         (default: all at once).
       output: "pil" (a list of PIL images) or "np" (uint8 [N, H, W, 3]).
       on_scale: called on the host as (chunk, scale) progress.
+      first_chunk: the index of the first chunk: a call on the inputs
+        from chunk c on, with first_chunk=c, makes the same images as one
+        call on them all (resumable generation).
 
     Returns:
       The images, in the order of `prompts` / `class_ids`.
@@ -97,6 +113,11 @@ class HartPipeline:
     batch = n if batch_size is None else int(batch_size)
     if batch < 1:
       raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    ways = 1 if self.mesh is None else sharding.data_parallel_size(
+        self.mesh)
+    if batch % ways:
+      raise ConfigError(f"batch_size {batch} does not split over the "
+                        f"mesh's {ways} data-parallel devices")
     timings = dict(compile=0.0, text=0.0, ar=0.0, diffusion=0.0,
                    decode=0.0)
     chunks = []
@@ -104,7 +125,7 @@ class HartPipeline:
       part = list(inputs[start:start + batch])
       # A short last chunk is padded: every chunk has one compiled shape.
       padded = part + [part[-1]] * (batch - len(part))
-      rng = jax.random.fold_in(jax.random.key(seed), index)
+      rng = jax.random.fold_in(jax.random.key(seed), first_chunk + index)
       self._listener = None if on_scale is None else functools.partial(
           on_scale, index)
       try:
@@ -164,13 +185,15 @@ class HartPipeline:
 
   def _sample_chunk(self, inputs, s_config, rng, timings):
     m = self.model
+    put = (lambda x: x) if self.mesh is None else functools.partial(
+        jax.device_put, device=sharding.batch_sharding(self.mesh))
     if self.class_conditional:
-      context = jnp.asarray(inputs, jnp.int32)
-      mask = jnp.ones((len(inputs), 1), bool)
-      position_ids = jnp.zeros((len(inputs), 1), jnp.int32)
+      context = put(np.asarray(inputs, np.int32))
+      mask = put(np.ones((len(inputs), 1), bool))
+      position_ids = put(np.zeros((len(inputs), 1), np.int32))
     else:
       start = time.perf_counter()
-      host = m.encoder.host_inputs(inputs)
+      host = jax.tree.map(put, m.encoder.host_inputs(inputs))
       timings["text"] += time.perf_counter() - start
       context, mask, position_ids = self._phase(
           "text", m.encoder.encode, (m.text_params, host), timings)

@@ -122,6 +122,13 @@ def batch_sharding(mesh) -> NamedSharding:
   return NamedSharding(mesh, P(("data", "fsdp")))
 
 
+def data_parallel_size(mesh) -> int:
+  """How many ways `batch_sharding` splits the batch (1 without a mesh)."""
+  if mesh is None:
+    return 1
+  return int(np.prod([mesh.shape[a] for a in ("data", "fsdp")]))
+
+
 def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

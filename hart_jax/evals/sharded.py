@@ -41,12 +41,7 @@ def _jitted(module: nn.Module, method: str, mesh):
                  out_shardings=sharding.replicated(mesh))
 
 
-def data_parallel_size(mesh) -> int:
-  """How many ways the batch axis is split (1 without a mesh)."""
-  if mesh is None:
-    return 1
-  return int(np.prod([mesh.shape[a] for a in ("data", "fsdp")
-                      if a in mesh.axis_names]))
+data_parallel_size = sharding.data_parallel_size
 
 
 def place_params(params, mesh):
