@@ -3,8 +3,10 @@
 Restore order, first that applies: (1) the newest readable checkpoint in
 this run's workdir (automatic resume after preemption; an unreadable one is
 reported by name, moved aside and the previous one used); (2) `init_from`: params
-(and EMA) of another run, converted to this run's shapes (resolution
-curriculum); (3) a fresh initialisation.
+(and EMA) of another run, or the transformer + diffusion head of an
+official HART folder (`llm/` + `tokenizer/`, e.g. the release), converted
+to this run's shapes (resolution curriculum, fine-tuning); (3) a fresh
+initialisation.
 """
 
 import errno
@@ -19,8 +21,13 @@ from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
+from hart_jax import finetune
+from hart_jax import run_config
 from hart_jax.errors import CheckpointError
+from hart_jax.interop import official_init
+from hart_jax.interop import official_transformer
 from hart_jax.models.hart import layer_stack
+from hart_jax.models.hart.config import from_config_dict
 
 
 DAMAGED_DIR = "checkpoints_damaged"
@@ -157,8 +164,14 @@ def abstract_of(tree):
       x.shape, x.dtype, sharding=x.sharding), tree)
 
 
-def load_params_from(workdir: str, abstract_params, use_ema: bool = True):
-  """Params of another run's newest checkpoint, converted to this run.
+def is_official_folder(path: str) -> bool:
+  """An official HART folder (as released): llm/config.json inside."""
+  return os.path.isfile(os.path.join(path, "llm", "config.json"))
+
+
+def load_params_from(path: str, abstract_params, use_ema: bool = True):
+  """(params, step) of another run's newest checkpoint or of an official
+  HART folder, converted to `abstract_params` (this run's shapes/layout).
 
   The resolution curriculum changes `patch_nums`; with the released flags
   (timestep level embedding, RoPE, no absolute positions) no parameter
@@ -167,11 +180,56 @@ def load_params_from(workdir: str, abstract_params, use_ema: bool = True):
     new levels start from the last old level's row.
   - `pos_1LC` (gpt2 only, [1, S, C]): the context part and the common
     prefix are copied; the rest keeps its fresh initialisation.
-  Any other shape mismatch is an error naming the parameter.
+  Any other mismatch is an error naming the first mismatched parameter
+  and both shapes. An official folder gives its EMA weights
+  (ema_model.bin) when it has them, and step 0; a run whose checkpoint has
+  no EMA (imported from a folder without ema_model.bin) gives its params.
   """
+  if is_official_folder(path):
+    llm = os.path.join(path, "llm")
+    weights = None
+    if not use_ema:
+      weights = next((n for n in ("model.safetensors", "pytorch_model.bin")
+                      if os.path.exists(os.path.join(llm, n))), None)
+    _, params = official_transformer.load_transformer(llm, weights)
+    return convert_params(params, abstract_params, path), 0
   key = "ema_params" if use_ema else "params"
-  step, source = read_state_items(workdir, (key,))
-  return convert_params(source[key], abstract_params), step
+  step, names = checkpoint_items(path)
+  if key not in names:
+    logging.info("init_from: %s has no %s; using its params", path, key)
+    key = "params"
+  step, source = read_state_items(path, (key,), step)
+  return convert_params(source[key], abstract_params, path), step
+
+
+def init_state_from(state, path: str):
+  """(state with `path`'s params and EMA, source step): the default
+  `Stage.init_from` (the same tree structure on both sides)."""
+  params, step = load_params_from(path, jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state.params))
+  return put_params(state, params, params), step
+
+
+def put_params(state, params, ema):
+  """`state` with host `params` and `ema` placed like its own params (two
+  separate copies: the state is donated to the step)."""
+  put = lambda tree: jax.tree.map(
+      lambda v, ref: jax.device_put(v, ref.sharding), tree, state.params)
+  return state.replace(params=put(params), ema_params=put(ema))
+
+
+def check_official_source(path: str, target_config) -> None:
+  """Before anything is built or written: does the official folder at
+  `path` hold a transformer of `target_config`'s shapes? Reads its config
+  files and its weights file's key set and shapes (not the tensors;
+  hart_jax/interop/official_init.py); names the first parameter that does
+  not fit and both shapes."""
+  # Both unrolled: abstract shapes cannot be restacked, and the layout
+  # changes no shape that matters here.
+  unrolled = lambda c: official_transformer.abstract_params(c.replace(
+      scan_layers=False))
+  convert_params(unrolled(official_init.source_config(path)),
+                 unrolled(target_config), path, shapes_only=True)
 
 
 def read_state_items(workdir: str, keys, step: Optional[int] = None):
@@ -180,8 +238,44 @@ def read_state_items(workdir: str, keys, step: Optional[int] = None):
 
   Any topology can read it: the run that wrote it may have used another
   mesh, device count or number of processes (the curriculum's stages
-  usually do). Only the named fields are read.
+  usually do). Only the named fields are read. For a partial fine-tune
+  (frozen parts or LoRA, hart_jax/finetune.py) `params` and `ema_params`
+  are the model's full params (trained part merged with the frozen one,
+  adapters folded in), so every reader sees a plain model.
   """
+  partition = _partition_of(workdir)
+  merged = [k for k in keys if k in ("params", "ema_params")]
+  if partition is not None and merged:
+    wanted = tuple(dict.fromkeys(tuple(keys) + ("extra",)))
+    step, items = read_stored_items(workdir, wanted, step)
+    frozen = items["extra"]["frozen"]
+    # On the host: a reader (export, sampling setup) must not fill an
+    # accelerator with a second copy of the model.
+    with jax.default_device(jax.devices("cpu")[0]):
+      for k in merged:
+        items[k] = jax.device_get(partition.merge(items[k], frozen))
+    return step, {k: items[k] for k in keys}
+  return read_stored_items(workdir, keys, step)
+
+
+def _partition_of(workdir: str):
+  """The run's fine-tune Partition (None: a plain run or no config)."""
+  if not os.path.isfile(os.path.join(workdir, run_config.FILE)):
+    return None
+  config = run_config.load_run_config(workdir)
+  if config.get("stage") != "hart" or not config.get("finetune"):
+    return None
+  return finetune.partition_for(config, from_config_dict(config.model))
+
+
+def checkpoint_items(workdir: str, step: Optional[int] = None):
+  """(step, names of the TrainState fields stored) of a run's checkpoint
+  (default: the newest), from its metadata only."""
+  manager, step = _reader(workdir, step)
+  return step, set(_metadata(manager, workdir, step))
+
+
+def _reader(workdir: str, step: Optional[int]):
   directory = os.path.join(os.path.abspath(workdir), "checkpoints")
   if not os.path.isdir(directory):
     what = ("does not exist" if not os.path.exists(workdir)
@@ -197,11 +291,22 @@ def read_state_items(workdir: str, keys, step: Optional[int] = None):
   if step not in manager.all_steps():
     raise CheckpointError(f"{workdir}: no checkpoint of step {step} (it has "
                           f"{sorted(manager.all_steps())})")
+  return manager, step
+
+
+def _metadata(manager, workdir: str, step: int):
   try:
-    meta = manager.item_metadata(step)["state"]
+    return manager.item_metadata(step)["state"]
   except Exception as e:  # pylint: disable=broad-except  # orbax: many types
     raise CheckpointError(f"{workdir}: checkpoint {step} cannot be read "
                           f"({type(e).__name__}: {e})") from e
+
+
+def read_stored_items(workdir: str, keys, step: Optional[int] = None):
+  """read_state_items without the fine-tune merge: the fields as stored
+  (a partial fine-tune's trained tree, adapters, `extra`)."""
+  manager, step = _reader(workdir, step)
+  meta = _metadata(manager, workdir, step)
   missing = [k for k in keys if k not in meta]
   if missing:
     raise CheckpointError(f"checkpoint {step} in {workdir} has no {missing}")
@@ -217,42 +322,49 @@ def read_state_items(workdir: str, keys, step: Optional[int] = None):
   return step, jax.device_get(restored)
 
 
-def convert_params(source, target_abstract):
-  """Copies `source` into the shapes of `target_abstract` (see above)."""
+def convert_params(source, target_abstract, where: str = "the source",
+                   shapes_only: bool = False):
+  """Copies `source` into the shapes of `target_abstract` (see
+  load_params_from); `shapes_only` checks without copying (`source` may be
+  abstract). A mismatch names the first parameter that does not fit."""
   src = flax.traverse_util.flatten_dict(layer_stack.match_layout(
-      jax.device_get(source), target_abstract))
+      source if shapes_only else jax.device_get(source), target_abstract))
   dst = flax.traverse_util.flatten_dict(target_abstract)
   out, problems = {}, []
   for path, spec in dst.items():
     name = "/".join(path)
     if path not in src:
-      problems.append(f"{name}: missing in the source checkpoint")
+      problems.append(f"{name} is missing there (this model has it, "
+                      f"{list(spec.shape)})")
       continue
-    value = np.asarray(src[path])
-    if value.shape == tuple(spec.shape):
+    value = src[path] if shapes_only else np.asarray(src[path])
+    shape, want = tuple(value.shape), tuple(spec.shape)
+    if shape == want:
       out[path] = value
-    elif path[-1] == "lvl_embed" and value.ndim == 2:
-      rows = [value[min(i, value.shape[0] - 1)] for i in range(spec.shape[0])]
-      out[path] = np.stack(rows)
-      logging.info("init_from: %s converted %s -> %s", name, value.shape,
-                   spec.shape)
-    elif path[-1] == "pos_1LC" and value.ndim == 3:
-      new = np.zeros(spec.shape, value.dtype)
-      n = min(value.shape[1], spec.shape[1])
-      new[:, :n] = value[:, :n]
-      out[path] = new
-      logging.info("init_from: %s converted %s -> %s", name, value.shape,
-                   spec.shape)
+    elif path[-1] == "lvl_embed" and len(shape) == 2:
+      if not shapes_only:
+        out[path] = np.stack([value[min(i, shape[0] - 1)]
+                              for i in range(want[0])])
+        logging.info("init_from: %s converted %s -> %s", name, shape, want)
+    elif path[-1] == "pos_1LC" and len(shape) == 3:
+      if not shapes_only:
+        new = np.zeros(want, value.dtype)
+        n = min(shape[1], want[1])
+        new[:, :n] = value[:, :n]
+        out[path] = new
+        logging.info("init_from: %s converted %s -> %s", name, shape, want)
     else:
-      problems.append(f"{name}: source {value.shape} vs target "
-                      f"{tuple(spec.shape)}")
+      problems.append(f"{name} is {list(shape)} there but {list(want)} in "
+                      "this model")
   extra = sorted("/".join(p) for p in set(src) - set(dst))
   if extra:
-    problems.append(f"not in the target model: {extra[:10]}")
+    problems.append(f"{extra[0]} is not in this model")
   if problems:
-    raise CheckpointError("init_from: checkpoint does not fit this model: "
-                     + "; ".join(problems))
-  return flax.traverse_util.unflatten_dict(out)
+    more = (f" ({len(problems) - 1} more mismatch(es))"
+            if len(problems) > 1 else "")
+    raise CheckpointError(f"train.init_from {where} does not fit this "
+                          f"model: {problems[0]}{more}")
+  return None if shapes_only else flax.traverse_util.unflatten_dict(out)
 
 
 def data_state_to_json(state: Any) -> dict:

@@ -66,6 +66,9 @@ def check_config(config) -> None:
   if not 0 <= opt.ema_decay <= 1:
     raise ConfigError(f"optimizer.ema_decay must be in [0, 1], got "
                       f"{opt.ema_decay}")
+  # The fine-tune section (frozen parts, LoRA targets) names its mistakes.
+  from hart_jax import finetune  # pylint: disable=g-import-not-at-top
+  finetune.spec_from_config(config)
   if "sample" in config:
     every = _int_at_least(config, "sample.every", 0)
     if every and "num_images" in config.sample:
@@ -155,18 +158,30 @@ def check_workdir(workdir: str) -> None:
 
 
 def check_init_from(config) -> None:
-  """train.init_from names a hart_jax run with a checkpoint."""
+  """train.init_from names a hart_jax run with a checkpoint, or (HART
+  stage) an official HART folder whose transformer fits the config."""
   source = config.train.get("init_from")
   if not source:
     return
   if not os.path.isdir(source):
     raise InputError(f"train.init_from {source}: no such directory")
+  from hart_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from hart_jax.models.hart.config import from_config_dict  # pylint: disable=g-import-not-at-top
+  if checkpointing.is_official_folder(source):
+    if config.stage != "hart":
+      raise ConfigError(f"train.init_from {source} is an official HART "
+                        "folder: the tokenizer stage starts from its "
+                        f"tokenizer with init_tokenizer={source}/tokenizer")
+    checkpointing.check_official_source(source,
+                                        from_config_dict(config.model))
+    return
   checkpoints = os.path.join(source, "checkpoints")
   steps = [n for n in (os.listdir(checkpoints) if os.path.isdir(checkpoints)
                        else []) if n.isdigit()]
   if not steps:
     raise InputError(f"train.init_from {source} is not a hart_jax run with "
-                     "a checkpoint (no checkpoints/<step>/ in it)")
+                     "a checkpoint (no checkpoints/<step>/ in it) nor an "
+                     "official HART folder (llm/ + tokenizer/)")
 
 
 def check_stage_paths(config) -> None:

@@ -138,13 +138,10 @@ def _train(config, workdir, mesh, stage, source, discard_unreadable):
     if primary:
       console.say(f"resuming from step {start}")
   elif config.train.get("init_from"):
-    params, src_step = checkpointing.load_params_from(
-        config.train.init_from, jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-            state.params))
-    put = lambda tree: jax.tree.map(
-        lambda v, ref: jax.device_put(v, ref.sharding), tree, state.params)
-    state = state.replace(params=put(params), ema_params=put(params))
+    # A stage may place the weights itself (the HART stage: an official
+    # folder, a partial fine-tune's split); otherwise params and EMA.
+    init_from = stage.init_from or checkpointing.init_state_from
+    state, src_step = init_from(state, config.train.init_from)
     logging.info("initialised from %s (step %d)", config.train.init_from,
                  src_step)
   start = int(jax.device_get(state.step))

@@ -21,7 +21,10 @@ import pytest
 from configs import tiny
 from hart_jax.interop import official_tokenizer
 from hart_jax.models.tokenizer.config import TokenizerConfig
+from hart_jax.interop import import_run
+from hart_jax.interop.state_dict_io import read_safetensors, write_safetensors
 from tests import cli_runner
+from tests import finetune_runs
 from tests import tiny_folders
 from tests.helpers import require_module
 
@@ -113,7 +116,42 @@ def _official(num_classes=0, qwen2_hidden=None):
   return setup
 
 
+def _imported(with_ema=True):
+  """{tmp}/hart, a small official folder, imported as the workdir
+  {tmp}/run (without ema_model.bin its checkpoint has no EMA)."""
+  def setup(src, tmp):
+    _official()(src, tmp)
+    if with_ema:
+      finetune_runs.write_official(tmp / "hart")
+    import_run.import_official(str(tmp / "hart"), str(tmp / "run"))
+  return setup
+
+
+def _llm_state(edit):
+  """{tmp}/hart with `edit` applied to its llm/model.safetensors dict."""
+  def setup(src, tmp):
+    _official()(src, tmp)
+    path = str(tmp / "hart" / "llm" / "model.safetensors")
+    state = read_safetensors(path)
+    edit(state)
+    write_safetensors(path, state)
+  return setup
+
+
+def _llm_config(**fields):
+  def setup(src, tmp):
+    _official()(src, tmp)
+    path = tmp / "hart" / "llm" / "config.json"
+    path.write_text(json.dumps(dict(json.loads(path.read_text()),
+                                    **fields)))
+  return setup
+
+
 TRAIN = ["hart_jax.train", "--workdir={tmp}/run"]
+EXPORT = ["hart_jax.export", "--checkpoint={tmp}/run"]
+IMPORT = ["hart_jax.import_official", "--hart_dir={tmp}/hart",
+          "--out={tmp}/w"]
+FINETUNE = "--config=hart_0p7b_finetune:data=synthetic"
 SAMPLE = ["hart_jax.sample", "--checkpoint={tmp}/hart", "--out={tmp}/out"]
 TINY = "--config=tiny"
 CASES = [
@@ -286,6 +324,45 @@ CASES = [
     Case("tokens_missing_tokenizer", [
         "hart_jax.cache_tokens", TINY, "--out={tmp}/c",
         "--config.tokenizer.folder={tmp}/nope"], "does not exist"),
+    # --- export, import_official and fine-tuning
+    Case("export_into_the_checkpoints", EXPORT + [
+        "--out={tmp}/run/checkpoints/e"],
+         "is inside the run's checkpoint folder", setup=_imported()),
+    Case("export_ema_without_ema", EXPORT + ["--out={tmp}/e"],
+         "--weights=ema: checkpoint 0 of {tmp}/run holds no EMA weights",
+         setup=_imported(with_ema=False)),
+    Case("export_out_exists", EXPORT + ["--out={tmp}/hart"],
+         "--out {tmp}/hart already exists; pass --overwrite",
+         setup=_imported()),
+    Case("export_not_a_run", ["hart_jax.export", "--checkpoint={tmp}/x",
+                              "--out={tmp}/e"],
+         "has no config.json", setup=_mkdir("x")),
+    Case("import_missing_key", IMPORT,
+         "missing key(s): ['blocks.1.ffn.up_proj.weight']",
+         setup=_llm_state(lambda st: st.pop("blocks.1.ffn.up_proj.weight"))),
+    Case("import_extra_key", IMPORT,
+         "unexpected key(s): ['blocks.0.attn.extra']",
+         setup=_llm_state(lambda st: st.update({
+             "blocks.0.attn.extra": np.zeros(3, np.float32)}))),
+    Case("import_misshaped_key", IMPORT,
+         "blocks.0.attn.proj.weight: checkpoint [64, 32], expected [64, 64]",
+         setup=_llm_state(lambda st: st.update({
+             "blocks.0.attn.proj.weight": np.zeros((64, 32), np.float32)}))),
+    Case("import_config_model_cannot_express", IMPORT,
+         "invalid HartConfig: attn_type 'flash'",
+         setup=_llm_config(attn_type="flash")),
+    Case("import_out_exists", IMPORT[:2] + ["--out={tmp}/x"],
+         "--out {tmp}/x already exists; pass --overwrite",
+         setup=lambda s, t: (_official()(s, t), _mkdir("x")(s, t))),
+    Case("finetune_unknown_lora_target", TRAIN + [
+        FINETUNE + ",lora_rank=4,lora_targets=q+qkv"],
+         "finetune.lora_targets: unknown target 'qkv'; allowed: q, k, v, "
+         "out, gate, up, down, fc1, fc2"),
+    Case("finetune_from_another_shape", TRAIN + [
+        FINETUNE + ",hart={tmp}/hart"],
+         "train.init_from {tmp}/hart does not fit this model: "
+         "blocks_0/attn/proj/bias is [64] there but [1536] in this model",
+         setup=_official()),
 ]
 
 

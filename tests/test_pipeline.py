@@ -111,10 +111,11 @@ def test_official_folders_equal_the_sampler(official):
   encoder = Qwen2TextEncoder(32, 24, path=str(official / "qwen2"))
   context, mask, pos = encoder.encode(encoder.init_params(None),
                                       encoder.host_inputs(prompts))
-  want = sampling.generate(
-      t_config, sampling.SamplingConfig(more_smooth=False), t_params,
-      HybridTokenizer(tok_config), tok_vars["vae"], context, mask, pos,
-      jax.random.fold_in(jax.random.key(5), 0))["image"]
+  want = jax.jit(lambda p, v, c, m, i, r: sampling.generate(
+      t_config, sampling.SamplingConfig(more_smooth=False), p,
+      HybridTokenizer(tok_config), v, c, m, i, r)["image"])(
+          t_params, tok_vars["vae"], context, mask, pos,
+          jax.random.fold_in(jax.random.key(5), 0))
   want = np.round(np.asarray(want) * 255).astype(np.uint8)
   # One rounding step of 255 at most, from a different fusion of the
   # three jitted phases.

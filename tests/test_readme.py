@@ -6,20 +6,32 @@ under the names the README uses (hart-0.7b-1024px/{tokenizer,llm}, the
 Qwen2 folder). Commands run with their placeholders (DIR, /data/images,
 ...) pointed at folders made here; training commands get `--dry_run`,
 which checks config, mesh, paths and data without compiling (the runs
-themselves are covered by train_test.py and the demo is CI's own job).
+themselves are covered by train_test.py and the demo is CI's own job);
+export and import write into a fresh folder each.
 """
 
+import json
+import os
 import pathlib
 import re
 import shlex
+import struct
 
 import numpy as np
 from PIL import Image
 import pytest
 
+from configs import hart_0p7b_1024
 from configs import tiny
 from hart_jax import trainer
+from hart_jax.interop import import_run
+from hart_jax.interop import official_init
+from hart_jax.interop.official_configs import (tokenizer_config_to_official,
+                                               transformer_config_to_official)
+from hart_jax.models.hart.config import from_config_dict
+from hart_jax.models.tokenizer.config import TokenizerConfig
 from tests import cli_runner
+from tests import finetune_runs
 from tests import tiny_folders
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -70,7 +82,8 @@ def folders(tmp_path_factory):
 def test_the_readme_has_what_this_test_covers():
   assert len(python_snippets()) >= 2
   names = {c.split()[2] for c in hart_jax_commands()}
-  assert {"hart_jax.train", "hart_jax.tokenize", "hart_jax.sample"} <= names
+  assert {"hart_jax.train", "hart_jax.tokenize", "hart_jax.sample",
+          "hart_jax.export", "hart_jax.import_official"} <= names
 
 
 @pytest.mark.parametrize("index", range(len(python_snippets())))
@@ -95,9 +108,36 @@ def _placeholders(root: pathlib.Path) -> dict[str, str]:
                                                      exist_ok=True)
   (root / "out" / "512" / "checkpoints" / "1").mkdir(parents=True,
                                                      exist_ok=True)
+  # What the export commands read: a workdir, imported from a small
+  # official folder with EMA weights.
+  if not (root / "out" / "ft" / "config.json").exists():
+    finetune_runs.write_official(root / "small_release")
+    import_run.import_official(str(root / "small_release"),
+                               str(root / "out" / "ft"))
   return {"/data/images": str(images),
           "/data/features.npz": str(root / "features.npz"),
           "DIR": str(root / "hart-0.7b-1024px" / "tokenizer")}
+
+
+def _release_shaped(root: pathlib.Path) -> pathlib.Path:
+  """An official folder with the release's config files (0.7B, official
+  tokenizer) and a header-only model.safetensors: a fine-tune's dry run
+  reads the configs and the weights' keys and shapes, never the tensors."""
+  folder = root / "release_shape" / "hart-0.7b-1024px"
+  if not (folder / "llm" / "config.json").exists():
+    (folder / "llm").mkdir(parents=True)
+    (folder / "tokenizer").mkdir(parents=True)
+    model = from_config_dict(hart_0p7b_1024.model_config(1024))
+    (folder / "llm" / "config.json").write_text(json.dumps(
+        transformer_config_to_official(model)))
+    header = json.dumps({
+        k: dict(dtype="F32", shape=list(v), data_offsets=[0, 0])
+        for k, v in official_init.expected_shapes(model).items()}).encode()
+    (folder / "llm" / "model.safetensors").write_bytes(
+        struct.pack("<Q", len(header)) + header)
+    (folder / "tokenizer" / "config.json").write_text(json.dumps(
+        tokenizer_config_to_official(TokenizerConfig())))
+  return folder
 
 
 @pytest.mark.parametrize("command", hart_jax_commands())
@@ -105,8 +145,17 @@ def test_command_runs_as_written(command, folders, tmp_path):
   """Run from `folders` (the README's relative paths resolve there)."""
   for placeholder, value in _placeholders(folders).items():
     command = command.replace(placeholder, value)
+  if "hart_0p7b_finetune" in command:
+    # Its dry run checks the official folder's shapes against the 0.7B.
+    command = command.replace("hart=hart-0.7b-1024px",
+                              f"hart={_release_shaped(folders)}")
   args = shlex.split(command)
   module = args[2]
+  if module in ("hart_jax.export", "hart_jax.import_official"):
+    # Each writes a fresh folder of its own.
+    args = [a if not a.startswith("--out=") else
+            f"--out={tmp_path / os.path.basename(a[len('--out='):])}"
+            for a in args]
   if module == "hart_jax.train":
     # Each training command gets its own fresh workdir.
     args = [a if not a.startswith("--workdir=") else

@@ -66,7 +66,7 @@ def test_class_conditional_sampling(setup):
 
 @pytest.mark.parametrize("kwargs,message", [
     (dict(cfg=-1.0), "cfg must be"), (dict(cfg=float("nan")), "cfg must be"),
-    (dict(top_k=0), "top_k must be"), (dict(top_p=1.0), "top_p must be"),
+    (dict(top_k=0), "top_k must be"), (dict(top_p=1.5), "top_p must be"),
     (dict(diffusion_temperature=-1), "diffusion_temperature")])
 def test_invalid_sampling_parameters(kwargs, message):
   with pytest.raises(ValueError, match=message):

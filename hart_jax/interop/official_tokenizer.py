@@ -210,6 +210,13 @@ def load_frozen_tokenizer(config):
   A random tokenizer (tests) comes from config.seed alone, so everything
   that builds it (the stage, the token-cache CLI) gets the same one.
   """
+  tok_config, variables = frozen_tokenizer_variables(config)
+  return tok_config, variables["vae"]
+
+
+def frozen_tokenizer_variables(config):
+  """load_frozen_tokenizer's tokenizer with its discriminator (all the
+  variables an official tokenizer/ folder holds, for export)."""
   rng = jax.random.split(jax.random.key(config.seed))[0]
   tc = config.tokenizer
   if tc.get("folder"):
@@ -225,4 +232,4 @@ def load_frozen_tokenizer(config):
     raise ConfigError("config.tokenizer.folder is empty: point it at a HART "
                       "tokenizer/ folder (official, or exported by the "
                       "tokenizer stage)")
-  return tok_config, variables["vae"]
+  return tok_config, variables

@@ -177,24 +177,33 @@ def load_transformer(folder: str, weights: str | None = None):
 
 
 def save_transformer(folder: str, config: HartConfig, params,
-                     ema_params=None, write_ema_bin: bool = True) -> None:
+                     ema_params=None, write_ema_bin: bool = True,
+                     weights_format: str = "safetensors") -> None:
   """Writes an official llm/ folder atomically.
 
-  model.safetensors holds `params`, ema_model.bin (a torch pickle: needs
-  torch) holds `ema_params` (default: the same params).
+  model.safetensors (or, with weights_format "bin", pytorch_model.bin)
+  holds `params`, ema_model.bin (a torch pickle: needs torch) holds
+  `ema_params` (default: the same params).
   """
+  if weights_format not in ("safetensors", "bin"):
+    raise CheckpointError(f"weights_format must be 'safetensors' or 'bin', "
+                          f"got {weights_format!r}")
   state = export_state_dict(config, params)
   ema_state = state if ema_params is None else export_state_dict(
       config, ema_params)
-  writers = {"model.safetensors": lambda p: state_dict_io.write_safetensors(
-      p, state)}
-  if write_ema_bin:
+  if weights_format == "safetensors":
+    writers = {"model.safetensors": lambda p: state_dict_io
+               .write_safetensors(p, state)}
+  else:
+    writers = {"pytorch_model.bin": lambda p: state_dict_io.write_torch_bin(
+        p, state)}
+  if write_ema_bin or weights_format == "bin":
     try:
       import torch  # pylint: disable=g-import-not-at-top,unused-import
     except ImportError as e:
-      raise CheckpointError("writing ema_model.bin needs torch (pip install "
-                            "'hart_jax[torch]'), or pass "
-                            "write_ema_bin=False") from e
+      raise CheckpointError("writing ema_model.bin / pytorch_model.bin "
+                            "needs torch (pip install 'hart_jax[torch]'), "
+                            "or pass write_ema_bin=False") from e
     writers["ema_model.bin"] = lambda p: state_dict_io.write_torch_bin(
         p, ema_state)
   writers["config.json"] = lambda p: atomic_io.atomic_write_json(

@@ -36,21 +36,40 @@ class Stage:
   # Host-side batch -> batch with the arrays the step needs from non-numeric
   # fields (a text encoder's tokens from the captions); runs in the loop.
   host_inputs: Optional[Callable[[dict], dict]] = None
+  # (state, train.init_from path) -> (state, source step): another run's
+  # (or an official folder's) weights in this run's state; None: the
+  # params and EMA of another hart_jax run, converted
+  # (hart_jax.checkpointing.init_state_from).
+  init_from: Optional[Callable[..., Any]] = None
 
 
 def create_state(init_fn: Callable[[jax.Array], Any],
                  tx: optax.GradientTransformation, mesh, rules,
-                 rng: jax.Array, extra=None) -> TrainState:
+                 rng: jax.Array, extra=None,
+                 split: Optional[Callable[..., Any]] = None) -> TrainState:
   """Params are created already sharded: eval_shape -> specs -> jit(init).
 
   `init_fn(rng)` returns (possibly logically boxed) params; a full copy of
-  the params never sits on one host.
+  the params never sits on one host. With `split` (a partial fine-tune,
+  hart_jax/finetune.py: boxed params, rng -> (trained, frozen)) the state's
+  params, EMA and optimizer hold the trained tree only, and the frozen one
+  goes to `extra["frozen"]`.
   """
   init_rng, state_rng = jax.random.split(rng)
-  abstract = jax.eval_shape(init_fn, init_rng)
-  shardings = sharding.param_shardings(abstract, mesh, rules)
-  params = jax.jit(lambda r: flax.core.meta.unbox(init_fn(r)),
-                   out_shardings=shardings)(init_rng)
+  if split is None:
+    abstract = jax.eval_shape(init_fn, init_rng)
+    shardings = sharding.param_shardings(abstract, mesh, rules)
+    params = jax.jit(lambda r: flax.core.meta.unbox(init_fn(r)),
+                     out_shardings=shardings)(init_rng)
+  else:
+    both = lambda r: split(init_fn(r), jax.random.fold_in(r, 1))
+    abstract, abstract_frozen = jax.eval_shape(both, init_rng)
+    shardings = sharding.param_shardings(abstract, mesh, rules)
+    params, frozen = jax.jit(
+        lambda r: flax.core.meta.unbox(both(r)), out_shardings=(
+            shardings, sharding.param_shardings(abstract_frozen, mesh,
+                                                rules)))(init_rng)
+    extra = dict(extra or {}, frozen=frozen)
   opt_state = jax.jit(tx.init)(params)
   # Moments follow the params' shardings; the scalars (step counts) would
   # land on one device, which a jit over the whole mesh rejects.

@@ -18,6 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from hart_jax.errors import ConfigError
+from hart_jax import checkpointing
+from hart_jax import console
+from hart_jax import finetune
 from hart_jax import sampling
 from hart_jax import sharding
 from hart_jax.data import token_cache
@@ -102,7 +105,8 @@ def build(config, mesh, rules, rng) -> Stage:
   model = HartTransformer(c)
   r_init = jax.random.split(rng)[1]
   r_text = jax.random.fold_in(rng, 1)
-  tok_config, tok_vars = official_tokenizer.load_frozen_tokenizer(config)
+  tok_config, tok_all = official_tokenizer.frozen_tokenizer_variables(config)
+  tok_vars = tok_all["vae"]
   if tok_config.vocab_size != c.vocab_size:
     raise ConfigError(f"tokenizer vocab {tok_config.vocab_size} != model "
                       f"vocab_size {c.vocab_size}")
@@ -117,8 +121,23 @@ def build(config, mesh, rules, rng) -> Stage:
     encoder = make_text_encoder(config.text_encoder, c.context_dim,
                                 c.context_token)
   tx = make_optimizer(config.optimizer, config.train.total_steps)
+  # A partial fine-tune (frozen parts, LoRA) trains a tree without the
+  # frozen weights: no gradients, moments or EMA for them.
+  partition = finetune.partition_for(config, c)
   state = create_state(lambda r: official_transformer.init_boxed(c, r), tx,
-                       mesh, rules, r_init)
+                       mesh, rules, r_init,
+                       split=partition.split if partition else None)
+  count = lambda tree: sum(int(np.prod(x.shape))
+                           for x in jax.tree.leaves(tree))
+  # The model's size (for FLOPs): a partial run's state holds less.
+  n_params = count(official_transformer.abstract_params(c) if partition
+                   else state.params)
+  if partition is not None and jax.process_index() == 0:
+    _, opt_bytes = finetune.tree_bytes(state.opt_state)
+    console.say(f"fine-tuning {partition.spec.describe()}: "
+                f"{count(state.params) / 1e6:.2f}M of {n_params / 1e6:.2f}M "
+                f"params train; optimizer state {opt_bytes / 2**20:.1f} MiB "
+                f"(full training: {8 * n_params / 2**20:.1f} MiB)")
   n_last = c.patch_nums[-1] ** 2
   n_kept = hart_training.draw_num_kept(np.random.default_rng(
       config.seed), n_last, int(config.train.get("keep_bucket", n_last)))
@@ -129,9 +148,8 @@ def build(config, mesh, rules, rng) -> Stage:
           config.optimizer, config.train.total_steps),
       ema_decay=config.optimizer.ema_decay, accum=config.train.grad_accum,
       loss=functools.partial(loss_fn, model=model, tokenizer=tokenizer,
-                             encoder=encoder, n_kept=n_kept))
-  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
-      state.params))
+                             encoder=encoder, n_kept=n_kept),
+      partition=partition)
   sampler = sampling.make_sampler(
       c, sampling.SamplingConfig(cfg=config.sample.cfg,
                                  top_k=config.sample.get("top_k") or None),
@@ -143,7 +161,8 @@ def build(config, mesh, rules, rng) -> Stage:
     if sample_inputs is None:
       return None
     context, mask, pos = sample_inputs(frozen)
-    imgs = sampler(state.ema_params, frozen["tokenizer"], context, mask, pos,
+    imgs = sampler(model_params(state, ema=True), frozen["tokenizer"],
+                   context, mask, pos,
                    jax.random.key(config.seed + int(step_no)))
     return image_grid(np.asarray(jax.device_get(imgs)), cols=cols)
 
@@ -152,14 +171,41 @@ def build(config, mesh, rules, rng) -> Stage:
     host_inputs = lambda batch: dict(batch, **encoder.host_inputs(
         [str(x) for x in batch["caption"]]))
 
+  def model_params(state, ema: bool):
+    """The model's params (a partial fine-tune's trained and frozen parts
+    merged, LoRA folded in)."""
+    trained = state.ema_params if ema else state.params
+    if partition is None:
+      return trained
+    return partition.merge(trained, state.extra["frozen"])
+
+  def init_from(state, path):
+    """Another run's or an official folder's weights; a partial run splits
+    them into its trained and frozen parts and keeps its fresh adapters."""
+    params, src_step = checkpointing.load_params_from(
+        path, official_transformer.abstract_params(c))
+    if partition is None:
+      return checkpointing.put_params(state, params, params), src_step
+    # Host arrays placed like the state's; the fresh adapters stay as they
+    # are (a merged model starts equal to the loaded one: b = 0).
+    trained, frozen = partition.split(params)
+    put = lambda tree, like: jax.tree.map(
+        lambda v, ref: jax.device_put(v, ref.sharding), tree, like)
+    new_params, new_ema = dict(state.params), dict(state.ema_params)
+    if "params" in trained:
+      new_params["params"] = put(trained["params"], state.params["params"])
+      new_ema["params"] = put(trained["params"], state.ema_params["params"])
+    return state.replace(params=new_params, ema_params=new_ema, extra=dict(
+        state.extra, frozen=put(frozen, state.extra["frozen"]))), src_step
+
   def export(state, folder):
     official_transformer.save_transformer(
-        os.path.join(folder, "llm"), c, jax.device_get(state.params),
-        jax.device_get(state.ema_params))
-    official_tokenizer.save_tokenizer(
-        os.path.join(folder, "tokenizer"), tok_config,
-        {"vae": jax.device_get(tok_vars),
-         "disc": official_tokenizer._init_disc(jax.random.key(0))})  # pylint: disable=protected-access
+        os.path.join(folder, "llm"), c,
+        jax.device_get(model_params(state, ema=False)),
+        jax.device_get(model_params(state, ema=True)))
+    # The tokenizer as it was read (its discriminator included).
+    official_tokenizer.save_tokenizer(os.path.join(folder, "tokenizer"),
+                                      tok_config, jax.device_get(tok_all))
 
   frozen = {"tokenizer": tok_vars,
             "text": encoder.init_params(r_text) if encoder else None}
@@ -168,7 +214,7 @@ def build(config, mesh, rules, rng) -> Stage:
                sample=sample, export=export,
                flops_per_example=flops_per_example(c, n_params, n_kept),
                tokens_per_example=c.seq_len - n_last + n_kept,
-               host_inputs=host_inputs)
+               host_inputs=host_inputs, init_from=init_from)
 
 
 def _sample_inputs(config, c: HartConfig, encoder):
@@ -190,7 +236,13 @@ def _sample_inputs(config, c: HartConfig, encoder):
   return (lambda frozen: encode(frozen["text"], host)), len(prompts)
 
 
-def _step(state, batch, frozen, *, loss, tx, schedule, ema_decay, accum):
+def _step(state, batch, frozen, *, loss, tx, schedule, ema_decay, accum,
+          partition=None):
   fn = functools.partial(loss, tok_vars=frozen["tokenizer"],
                          text_params=frozen["text"])
+  if partition is not None:
+    # The frozen weights enter as constants: only the trained tree gets
+    # gradients, moments and an EMA.
+    base, inner = state.extra["frozen"], fn
+    fn = lambda p, b, r: inner(partition.merge(p, base), b, r)
   return apply_update(state, fn, batch, tx, schedule, ema_decay, accum)
